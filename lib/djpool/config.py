@@ -1,0 +1,188 @@
+"""Environment -> one immutable configuration object, validated once.
+
+This is the only module that reads configuration from the environment
+(the shim hands it ``os.environ``; the build hands it the ENV_DIR values).
+Everything else receives a :class:`Config` or :class:`PoolSettings`.
+
+Standard library only: the build step validates POOL_* with it before any
+dependency is installed, and the shim imports it at interpreter start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+POSTGRES_ENGINES = (
+    "django.db.backends.postgresql",
+    "django.contrib.gis.db.backends.postgis",
+)
+
+
+class ConfigError(ValueError):
+    """A variable holds a value djpool cannot use; ``str()`` is the one line to show."""
+
+    def __init__(self, variable: str, shown_value: str, allowed: str) -> None:
+        self.variable = variable
+        self.shown_value = shown_value
+        self.allowed = allowed
+        super().__init__(f"{variable}={shown_value} is not valid: {allowed}")
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Sizes and timings of every pool in the process.
+
+    size: connections each pool keeps open (POOL_SIZE, default 5).
+    max_overflow: extra connections allowed under a burst, closed on checkin
+        (POOL_MAX_OVERFLOW, default 0, so the server never sees more than
+        ``size`` per process and alias).
+    timeout: seconds a checkout waits for a free connection before failing
+        (POOL_TIMEOUT, default 10): a full pool must fail loudly, not hang.
+    recycle: seconds after which a connection is replaced at checkout
+        (POOL_RECYCLE, default 3600; 0 never recycles), bounding server-side
+        memory growth and the life of an orphaned connection.
+    """
+
+    size: int = 5
+    max_overflow: int = 0
+    timeout: float = 10.0
+    recycle: int = 3600
+
+    def describe(self) -> str:
+        """The settings as the variables a user would type."""
+        return (
+            f"POOL_SIZE={self.size} POOL_MAX_OVERFLOW={self.max_overflow} "
+            f"POOL_TIMEOUT={self.timeout:g}s POOL_RECYCLE={self.recycle}s"
+        )
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where DATABASE_URL points, without the password."""
+
+    name: str
+    host: str
+    port: str
+    user: str
+
+    def describe(self) -> str:
+        """One short phrase for the start-up line."""
+        where = self.host or "local socket"
+        if self.port:
+            where = f"{where}:{self.port}"
+        user = f" as {self.user!r}" if self.user else ""
+        return f"database {self.name!r} on {where}{user}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """What the shim needs to decide and to build pools."""
+
+    pool: PoolSettings
+    database: DatabaseTarget
+
+
+def _whole_number(environ: Mapping[str, str], variable: str, default: int,
+                  low: int, high: int) -> int:
+    raw = environ.get(variable)
+    if raw is None or raw.strip() == "":
+        return default
+    allowed = f"expected a whole number from {low} to {high}"
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(variable, repr(raw), allowed) from None
+    if not low <= value <= high:
+        raise ConfigError(variable, repr(raw), allowed)
+    return value
+
+
+def _seconds(environ: Mapping[str, str], variable: str, default: float,
+             low: float, high: float) -> float:
+    raw = environ.get(variable)
+    if raw is None or raw.strip() == "":
+        return default
+    allowed = f"expected a number of seconds greater than {low:g} and at most {high:g}"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(variable, repr(raw), allowed) from None
+    if not (low < value <= high):  # also rejects nan
+        raise ConfigError(variable, repr(raw), allowed)
+    return value
+
+
+def is_disabled(environ: Mapping[str, str]) -> bool:
+    """POOL_DISABLED as a boolean; a value that is neither is an error."""
+    raw = environ.get("POOL_DISABLED", "")
+    word = raw.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ConfigError(
+        "POOL_DISABLED", repr(raw), "expected one of 1/true/yes/on or 0/false/no/off"
+    )
+
+
+def pool_settings(environ: Mapping[str, str]) -> PoolSettings:
+    """Read and check every POOL_* sizing variable; raise ConfigError on the first bad one."""
+    return PoolSettings(
+        size=_whole_number(environ, "POOL_SIZE", 5, 1, 1000),
+        max_overflow=_whole_number(environ, "POOL_MAX_OVERFLOW", 0, 0, 1000),
+        timeout=_seconds(environ, "POOL_TIMEOUT", 10.0, 0, 3600),
+        recycle=_whole_number(environ, "POOL_RECYCLE", 3600, 0, 31_536_000),
+    )
+
+
+def redact_url(url: str) -> str:
+    """DATABASE_URL safe to print: the password is never shown."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return f"<{len(url)} characters, not shown>"
+    if not parts.scheme or "://" not in url:
+        return f"<{len(url)} characters, not shown>"
+    user = parts.username or ""
+    auth = f"{user}:***@" if parts.password is not None else (f"{user}@" if user else "")
+    return f"'{parts.scheme}://{auth}{host}{port}{parts.path}'"
+
+
+def database_target(url: str) -> DatabaseTarget:
+    """Parse DATABASE_URL the way the app's settings do (dj-database-url) and check it."""
+    allowed = "expected postgres://USER:PASSWORD@HOST:PORT/DBNAME"
+    shown = redact_url(url)
+    import dj_database_url  # imported here: only needed once a URL is there to check
+
+    try:
+        parsed = dj_database_url.parse(url)
+    except (ValueError, KeyError):
+        raise ConfigError("DATABASE_URL", shown, allowed) from None
+    if parsed.get("ENGINE") not in POSTGRES_ENGINES:
+        raise ConfigError("DATABASE_URL", shown, f"not a PostgreSQL URL; {allowed}")
+    if not parsed.get("NAME"):
+        raise ConfigError("DATABASE_URL", shown, f"no database name; {allowed}")
+    return DatabaseTarget(
+        name=str(parsed.get("NAME", "")),
+        host=str(parsed.get("HOST", "")),
+        port=str(parsed.get("PORT", "")),
+        user=str(parsed.get("USER", "")),
+    )
+
+
+def load(environ: Mapping[str, str]) -> Config | None:
+    """The whole configuration, or None when pooling is off (no DATABASE_URL, POOL_DISABLED).
+
+    Raises ConfigError naming the first variable that is wrong.
+    """
+    url = environ.get("DATABASE_URL", "")
+    if not url.strip() or is_disabled(environ):
+        return None
+    settings = pool_settings(environ)
+    return Config(pool=settings, database=database_target(url.strip()))

@@ -1,0 +1,63 @@
+"""Notice a dead idle connection at checkout without paying a round trip.
+
+An idle connection in the pool has nothing to read: the last response was
+consumed and the reset left no LISTEN behind. If the server closes it
+(pg_terminate_backend, restart, idle timeout, failover) the kernel marks the
+socket readable (the FATAL message, then EOF). So a zero-timeout poll() of
+the socket is the liveness check; a real ping (SELECT 1) is spent only when
+the socket shows something, or after a long idle in which a silent network
+failure could have happened. A failed ping raises DisconnectionError, which
+tells SQLAlchemy to discard the connection and hand out a fresh one.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from typing import Any
+
+from sqlalchemy.exc import DisconnectionError
+
+PING_AFTER_IDLE_SECONDS = 60.0
+_CHECKED_IN_AT = "djpool_checked_in_at"
+_POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+
+def socket_has_news(dbapi_connection: Any) -> bool:
+    """True if the server sent something (or hung up) while nobody was asking."""
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:  # noqa: BLE001 - a closed connection has no socket
+        return True
+    poller = select.poll()
+    poller.register(fd, _POLL_EVENTS)
+    return bool(poller.poll(0))
+
+
+def ping(dbapi_connection: Any) -> bool:
+    """One round trip; False if the connection is unusable."""
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchall()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "do not hand this out"
+        return False
+
+
+def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+    """SQLAlchemy ``checkout`` event: refuse a connection the server has dropped."""
+    checked_in_at = connection_record.info.get(_CHECKED_IN_AT)
+    if checked_in_at is None:
+        return  # opened for this checkout: nothing to check
+    idle = time.monotonic() - checked_in_at
+    if not socket_has_news(dbapi_connection) and idle < PING_AFTER_IDLE_SECONDS:
+        return
+    if not ping(dbapi_connection):
+        raise DisconnectionError("djpool: pooled connection was closed by the server")
+
+
+def on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    """SQLAlchemy ``checkin`` event: remember when the connection went idle."""
+    if connection_record is not None:
+        connection_record.info[_CHECKED_IN_AT] = time.monotonic()

@@ -1,0 +1,88 @@
+"""Build one SQLAlchemy QueuePool for one database, wired with djpool's events.
+
+The pool owns physical connections; Django only ever sees the raw driver
+connection of a checked-out one. Extension happens through SQLAlchemy's pool
+events (``reset`` on every return, ``checkout`` for liveness, ``checkin`` to
+stamp idle time, ``connect`` for counters), never by subclassing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
+
+from djpool import health, reset
+from djpool.config import PoolSettings
+
+_DIALECTS: dict[str, Any] = {}
+
+
+@dataclass
+class PoolCounters:
+    """Plain counters, cheap to keep and easy to read in tests and logs."""
+
+    connects: int = 0
+    checkouts: int = 0
+    invalidated: int = 0
+
+
+def dialect_for(driver: str) -> Any:
+    """The SQLAlchemy PostgreSQL dialect for Django's driver module (psycopg or psycopg2).
+
+    The pool uses it to close, ping and recognise disconnect errors the way
+    that driver needs; one instance per driver is enough.
+    """
+    dialect = _DIALECTS.get(driver)
+    if dialect is None:
+        if driver == "psycopg2":
+            from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as cls
+        elif driver == "psycopg":
+            from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg as cls
+        else:
+            raise ValueError(f"unsupported PostgreSQL driver {driver!r}")
+        dialect = _DIALECTS[driver] = cls(dbapi=cls.import_dbapi())
+    return dialect
+
+
+def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
+          name: str, ping_every_checkout: bool = False) -> tuple[QueuePool, PoolCounters]:
+    """A QueuePool sized by ``settings`` whose connections come from ``creator``.
+
+    ping_every_checkout: SQLAlchemy's pre-ping (one round trip per checkout),
+        what Django's CONN_HEALTH_CHECKS=True asks for. Off, the cheap socket
+        check in ``health`` still catches connections the server closed.
+    """
+    pool = QueuePool(
+        creator,
+        pool_size=settings.size,
+        max_overflow=settings.max_overflow,
+        timeout=settings.timeout,
+        recycle=settings.recycle if settings.recycle > 0 else -1,
+        pre_ping=ping_every_checkout,
+        reset_on_return=None,  # our reset event does rollback + DISCARD ALL
+        use_lifo=True,  # reuse the warmest connection; idle ones age out by recycle
+        dialect=dialect_for(driver),
+        logging_name=name,
+    )
+    counters = PoolCounters()
+
+    def count_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        counters.connects += 1
+
+    def count_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        counters.checkouts += 1
+
+    def count_invalidate(dbapi_connection: Any, connection_record: Any, error: Any) -> None:
+        counters.invalidated += 1
+
+    event.listen(pool, "connect", count_connect)
+    event.listen(pool, "checkout", health.on_checkout)
+    event.listen(pool, "checkout", count_checkout)
+    event.listen(pool, "checkin", health.on_checkin)
+    event.listen(pool, "reset", reset.on_reset)
+    event.listen(pool, "invalidate", count_invalidate)
+    return pool, counters

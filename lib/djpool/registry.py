@@ -1,0 +1,152 @@
+"""One pool per process per (alias, connection parameters), and what happens at fork.
+
+Keying by the full connection parameters (not just the alias) is what lets
+``manage.py test`` swap NAME to ``test_<name>`` and get a pool of its own, and
+lets TIME_ZONE or OPTIONS changes start clean pools instead of handing out
+connections configured for other settings.
+
+Fork safety: a forked child inherits its parent's sockets. If the child ever
+wrote on one (a query, a Terminate message, a TLS close_notify when the
+connection object is freed) the parent's session would break. So in the child,
+at fork time, every inherited connection's socket descriptor is pointed at
+/dev/null and the objects are kept referenced: nothing the child does can
+reach the parent's server sessions, and the child builds pools of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.pool import QueuePool
+
+from djpool.pool import PoolCounters
+
+PoolKey = tuple[str, tuple[tuple[str, Any], ...]]
+
+
+@dataclass
+class PoolEntry:
+    """A pool with what it was built for."""
+
+    alias: str
+    dbname: str
+    pool: QueuePool
+    counters: PoolCounters
+
+
+def pool_key(alias: str, conn_params: Mapping[str, Any]) -> PoolKey:
+    """A hashable key for (alias, parameters); unhashable values count by their repr."""
+    items = []
+    for name in sorted(conn_params):
+        value = conn_params[name]
+        try:
+            hash(value)
+        except TypeError:
+            value = repr(value)
+        items.append((name, value))
+    return alias, tuple(items)
+
+
+class PoolRegistry:
+    """The process's pools, created on first use, thread-safe, reset in forked children."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[PoolKey, PoolEntry] = {}
+        self._retired: weakref.WeakSet[QueuePool] = weakref.WeakSet()
+        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._inherited: list[Any] = []  # kept alive in a child, never used or freed
+
+    def get(self, alias: str, conn_params: Mapping[str, Any],
+            make: Callable[[], tuple[QueuePool, PoolCounters]]) -> PoolEntry:
+        """The pool for these parameters, built by ``make`` the first time."""
+        key = pool_key(alias, conn_params)
+        entry = self._pools.get(key)
+        if entry is not None:
+            return entry
+        with self._lock:
+            entry = self._pools.get(key)
+            if entry is None:
+                pool, counters = make()
+                dbname = str(conn_params.get("dbname") or conn_params.get("database") or "")
+                entry = self._pools[key] = PoolEntry(alias, dbname, pool, counters)
+            return entry
+
+    def entries(self) -> list[PoolEntry]:
+        """A snapshot of the live pools."""
+        return list(self._pools.values())
+
+    def is_retired(self, pool: QueuePool) -> bool:
+        """True for a pool that was disposed: connections coming back to it are closed."""
+        return pool in self._retired
+
+    def dispose_database(self, dbname: str) -> int:
+        """Close this process's idle connections to ``dbname`` so it can be dropped or cloned."""
+        with self._lock:
+            doomed = [key for key, entry in self._pools.items() if entry.dbname == dbname]
+            entries = [self._pools.pop(key) for key in doomed]
+        self._retire(entry.pool for entry in entries)
+        return len(entries)
+
+    def dispose_all(self) -> None:
+        """Close every idle connection (at exit: the server sees a clean goodbye)."""
+        with self._lock:
+            entries = list(self._pools.values())
+            self._pools.clear()
+        self._retire(entry.pool for entry in entries)
+
+    def _retire(self, pools: Iterable[QueuePool]) -> None:
+        for pool in pools:
+            self._retired.add(pool)
+            pool.dispose()
+
+    # -- checked-out connections held by Django wrappers --------------------
+
+    def hold(self, wrapper: Any) -> None:
+        """Remember a wrapper that holds a checkout, so a forked child can disown it."""
+        self._holders.add(wrapper)
+
+    def after_fork_in_child(self, disown: Callable[[Any], Iterable[Any]]) -> None:
+        """In a new child: forget the parent's pools and checkouts without touching them.
+
+        ``disown(wrapper)`` detaches a wrapper's checkout and yields the driver
+        connections it held, so their sockets can be neutralised too.
+        """
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        inherited = list(self._pools.values())
+        self._pools = {}
+        connections: list[Any] = []
+        for entry in inherited:
+            connections.extend(_idle_connections(entry.pool))
+        for wrapper in list(self._holders):
+            connections.extend(disown(wrapper))
+        self._holders = weakref.WeakSet()
+        for connection in connections:
+            _neutralise_socket(connection)
+        self._inherited.extend(inherited)
+        self._inherited.extend(connections)
+
+
+def _idle_connections(pool: QueuePool) -> list[Any]:
+    """The driver connections waiting in a pool's queue (read without checking them out)."""
+    queue = getattr(pool, "_pool", None)
+    records = list(getattr(queue, "queue", ()))
+    return [record.dbapi_connection for record in records if record.dbapi_connection is not None]
+
+
+def _neutralise_socket(connection: Any) -> None:
+    """Point this process's copy of the socket at /dev/null: the parent's stays untouched."""
+    try:
+        fd = connection.fileno()
+    except Exception:  # noqa: BLE001 - closed already: nothing to protect
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)

@@ -1,0 +1,67 @@
+"""What the shim runs once it decided to load djpool: config, one line, the import hook.
+
+Cheap on purpose: it imports neither Django nor SQLAlchemy. Both are imported
+when the app first imports Django's PostgreSQL backend, which is also when
+the patch is applied. Any failure here ends in one ``djpool:`` line and an
+unpooled process, never in an exception.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+from collections.abc import Mapping
+from types import ModuleType
+
+from djpool import config as config_module
+from djpool.importhook import when_imported
+from djpool.log import say
+
+TARGET_MODULE = "django.db.backends.postgresql.base"
+MIN_SQLALCHEMY = (2, 0)
+
+_registry = None  # the process's PoolRegistry once the patch is in
+
+
+def start(environ: Mapping[str, str]) -> bool:
+    """Validate the configuration and arrange for the patch; True if pooling is on."""
+    try:
+        config = config_module.load(environ)
+    except config_module.ConfigError as error:
+        say(f"{error}; running unpooled")
+        return False
+    if config is None:
+        return False
+    if importlib.util.find_spec("sqlalchemy") is None:
+        say("SQLAlchemy is not installed; running unpooled")
+        return False
+    say(f"pooling {config.database.describe()}: {config.pool.describe()} per process")
+    when_imported(TARGET_MODULE, lambda module: _install(module, config))
+    return True
+
+
+def _install(base: ModuleType, config: config_module.Config) -> None:
+    global _registry
+    import sqlalchemy
+
+    version = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2])
+    if version < MIN_SQLALCHEMY:
+        say(f"SQLAlchemy {sqlalchemy.__version__} is installed; djpool needs 2.0 or later; "
+            "running unpooled")
+        return
+    from djpool import django_patch
+    from djpool.registry import PoolRegistry
+
+    registry = PoolRegistry()
+    django_patch.install(base, registry, config.pool)
+    _registry = registry
+    os.register_at_fork(
+        after_in_child=lambda: registry.after_fork_in_child(django_patch.disown)
+    )
+    atexit.register(registry.dispose_all)
+
+
+def registry():
+    """The live PoolRegistry (None until Django's PostgreSQL backend was imported)."""
+    return _registry
