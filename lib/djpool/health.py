@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import DisconnectionError
@@ -45,16 +46,26 @@ def ping(dbapi_connection: Any) -> bool:
         return False
 
 
-def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
-    """SQLAlchemy ``checkout`` event: refuse a connection the server has dropped."""
-    checked_in_at = connection_record.info.get(_CHECKED_IN_AT)
-    if checked_in_at is None:
-        return  # opened for this checkout: nothing to check
-    idle = time.monotonic() - checked_in_at
-    if not socket_has_news(dbapi_connection) and idle < PING_AFTER_IDLE_SECONDS:
-        return
-    if not ping(dbapi_connection):
-        raise DisconnectionError("djpool: pooled connection was closed by the server")
+def checkout_check(ping_every_checkout: bool) -> Callable[[Any, Any, Any], None]:
+    """A SQLAlchemy ``checkout`` listener that refuses connections the server dropped.
+
+    ping_every_checkout: what Django's CONN_HEALTH_CHECKS=True asks for, a
+        round trip before every reuse. Off (the default), only the socket check
+        and the idle ping run.
+    """
+
+    def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        checked_in_at = connection_record.info.get(_CHECKED_IN_AT)
+        if checked_in_at is None:
+            return  # opened for this checkout: nothing to check
+        if not ping_every_checkout:
+            idle = time.monotonic() - checked_in_at
+            if idle < PING_AFTER_IDLE_SECONDS and not socket_has_news(dbapi_connection):
+                return
+        if not ping(dbapi_connection):
+            raise DisconnectionError("djpool: pooled connection was closed by the server")
+
+    return on_checkout
 
 
 def on_checkin(dbapi_connection: Any, connection_record: Any) -> None:

@@ -33,40 +33,44 @@ class PoolCounters:
 def dialect_for(driver: str) -> Any:
     """The SQLAlchemy PostgreSQL dialect for Django's driver module (psycopg or psycopg2).
 
-    The pool uses it to close, ping and recognise disconnect errors the way
-    that driver needs; one instance per driver is enough.
+    The pool uses it to close connections and recognise disconnect errors the
+    way that driver needs; one instance per driver is enough. SQLAlchemy 1.4
+    has no psycopg 3 dialect: None then, and the pool's generic one is used.
     """
-    dialect = _DIALECTS.get(driver)
-    if dialect is None:
-        if driver == "psycopg2":
-            from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as cls
-        elif driver == "psycopg":
-            from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg as cls
+    if driver not in _DIALECTS:
+        try:
+            if driver == "psycopg2":
+                from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as cls
+            elif driver == "psycopg":
+                from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg as cls
+            else:
+                raise ValueError(f"unsupported PostgreSQL driver {driver!r}")
+        except ImportError:
+            _DIALECTS[driver] = None
         else:
-            raise ValueError(f"unsupported PostgreSQL driver {driver!r}")
-        dialect = _DIALECTS[driver] = cls(dbapi=cls.import_dbapi())
-    return dialect
+            _DIALECTS[driver] = cls(dbapi=cls.import_dbapi())
+    return _DIALECTS[driver]
 
 
 def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
           name: str, ping_every_checkout: bool = False) -> tuple[QueuePool, PoolCounters]:
     """A QueuePool sized by ``settings`` whose connections come from ``creator``.
 
-    ping_every_checkout: SQLAlchemy's pre-ping (one round trip per checkout),
-        what Django's CONN_HEALTH_CHECKS=True asks for. Off, the cheap socket
-        check in ``health`` still catches connections the server closed.
+    ping_every_checkout: one round trip before every reuse, what Django's
+        CONN_HEALTH_CHECKS=True asks for. Off, the cheap socket check in
+        ``health`` still catches connections the server closed.
     """
+    dialect = dialect_for(driver)
     pool = QueuePool(
         creator,
         pool_size=settings.size,
         max_overflow=settings.max_overflow,
         timeout=settings.timeout,
         recycle=settings.recycle if settings.recycle > 0 else -1,
-        pre_ping=ping_every_checkout,
         reset_on_return=None,  # our reset event does rollback + DISCARD ALL
         use_lifo=True,  # reuse the warmest connection; idle ones age out by recycle
-        dialect=dialect_for(driver),
         logging_name=name,
+        **({"dialect": dialect} if dialect is not None else {}),
     )
     counters = PoolCounters()
 
@@ -80,7 +84,7 @@ def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
         counters.invalidated += 1
 
     event.listen(pool, "connect", count_connect)
-    event.listen(pool, "checkout", health.on_checkout)
+    event.listen(pool, "checkout", health.checkout_check(ping_every_checkout))
     event.listen(pool, "checkout", count_checkout)
     event.listen(pool, "checkin", health.on_checkin)
     event.listen(pool, "reset", reset.on_reset)

@@ -35,8 +35,13 @@ def _forget_client_side_state(dbapi_connection: Any) -> None:
             del queue[:]
 
 
-def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any) -> None:
-    """SQLAlchemy ``reset`` event: runs on every return to the pool."""
-    if reset_state.terminate_only:
+def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> None:
+    """SQLAlchemy ``reset`` event: runs on every return to the pool.
+
+    SQLAlchemy 2.x passes the driver connection and a reset state; 1.4 passes
+    its proxy and no state, so unwrap it (setting autocommit on the proxy
+    would not reach the driver).
+    """
+    if reset_state is not None and reset_state.terminate_only:
         return  # the connection is being closed anyway
-    clean(dbapi_connection)
+    clean(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))

@@ -19,7 +19,7 @@ from djpool.importhook import when_imported
 from djpool.log import say
 
 TARGET_MODULE = "django.db.backends.postgresql.base"
-MIN_SQLALCHEMY = (2, 0)
+MIN_SQLALCHEMY = (1, 4)
 
 _registry = None  # the process's PoolRegistry once the patch is in
 
@@ -47,7 +47,7 @@ def _install(base: ModuleType, config: config_module.Config) -> None:
 
     version = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2])
     if version < MIN_SQLALCHEMY:
-        say(f"SQLAlchemy {sqlalchemy.__version__} is installed; djpool needs 2.0 or later; "
+        say(f"SQLAlchemy {sqlalchemy.__version__} is installed; djpool needs 1.4 or later; "
             "running unpooled")
         return
     from djpool import django_patch
