@@ -1,0 +1,497 @@
+"""The runtime shim and pool, driven from real Python processes of each stack.
+
+Each test runs a short script in a stack's virtualenv with the shim on
+PYTHONPATH, the way a dyno starts a process, against the suite's PostgreSQL
+(TLS, scram-sha-256). Django's request cycle is reproduced with
+``connection.close()``, which is what ``close_old_connections`` calls at the
+end of a request when CONN_MAX_AGE is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHIM = REPO / "shim"
+STACKS = ["dj52-psycopg3", "dj52-psycopg2", "dj42-psycopg3", "dj42-psycopg2"]
+DEFAULT_STACK = STACKS[0]
+
+PRELUDE = """
+import json, os, sys, threading, time
+import django
+from django.conf import settings
+import dj_database_url
+db = dj_database_url.config(conn_max_age=int(os.environ.get("APP_CONN_MAX_AGE", "0")))
+db["OPTIONS"].update(json.loads(os.environ.get("APP_OPTIONS", "{}")))
+if os.environ.get("APP_ENGINE"):
+    db["ENGINE"] = os.environ["APP_ENGINE"]
+settings.configure(
+    DATABASES={"default": db},
+    USE_TZ=os.environ.get("APP_USE_TZ", "1") == "1",
+    TIME_ZONE=os.environ.get("APP_TIME_ZONE", "UTC"),
+)
+django.setup()
+from django.db import connection, transaction
+
+def q(sql, params=None):
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else None
+
+def one(sql, params=None):
+    return q(sql, params)[0][0]
+
+def backend_pid():
+    return one("SELECT pg_backend_pid()")
+
+def end_request():
+    connection.close()
+
+def emit(**values):
+    print("RESULT " + json.dumps(values, default=str), flush=True)
+"""
+
+
+def python_of(stack: str) -> Path:
+    return REPO / ".venv" / "stacks" / stack / "bin" / "python"
+
+
+def run_script(stack: str, body: str, env: dict[str, str], *, shim: bool = True,
+               timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run PRELUDE + body in the stack's Python with the shim loaded like on a dyno."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("POOL_", "DJPOOL_"))}
+    full_env.pop("PYTHONPATH", None)
+    if shim:
+        full_env["PYTHONPATH"] = str(SHIM)
+    full_env.update(env)
+    code = PRELUDE + textwrap.dedent(body)
+    return subprocess.run([str(python_of(stack)), "-c", code], env=full_env,
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def results(proc: subprocess.CompletedProcess) -> dict:
+    """Merge every RESULT line the script printed; fail with its output if it crashed."""
+    assert proc.returncode == 0, f"script failed:\n{proc.stdout}\n{proc.stderr}"
+    merged: dict = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            merged.update(json.loads(line[len("RESULT "):]))
+    return merged
+
+
+def djpool_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("djpool:")]
+
+
+@pytest.fixture
+def db_env(pg, appname):
+    """DATABASE_URL for the app role over TLS, tagged with this test's application_name."""
+    return {"DATABASE_URL": pg.url(sslmode="require", application_name=appname)}
+
+
+# -- reuse -------------------------------------------------------------------
+
+REUSE = """
+pids = []
+for _ in range(5):
+    pids.append(backend_pid())
+    end_request()
+emit(pids=pids)
+"""
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_connection_is_reused_across_requests(stack, pg, appname, db_env):
+    proc = run_script(stack, REUSE + """
+server = [r[0] for r in q(
+    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [os.environ["APP_NAME"]])]
+emit(server=server)
+""", {**db_env, "POOL_SIZE": "2", "APP_NAME": appname})
+    out = results(proc)
+    assert len(set(out["pids"])) == 1, out
+    # Between requests the connection stays open on the server: the one we
+    # query from plus nothing else.
+    assert out["server"] == [out["pids"][0]]
+    assert any(line.startswith("djpool: pooling database 'app'") for line in djpool_lines(proc))
+
+
+def test_without_the_shim_every_request_opens_a_new_connection(pg, appname, db_env):
+    out = results(run_script(DEFAULT_STACK, REUSE, db_env, shim=False))
+    assert len(set(out["pids"])) == 5
+
+
+def test_start_line_names_database_and_sizes_but_never_the_password(pg, appname, db_env):
+    proc = run_script(DEFAULT_STACK, "backend_pid()", {**db_env, "POOL_SIZE": "3",
+                                                        "POOL_MAX_OVERFLOW": "2"})
+    lines = djpool_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert "'app'" in lines[0] and "127.0.0.1" in lines[0]
+    assert "POOL_SIZE=3" in lines[0] and "POOL_MAX_OVERFLOW=2" in lines[0]
+    assert pg.password_of("app") not in proc.stderr + proc.stdout
+
+
+# -- reset on checkin --------------------------------------------------------
+
+# kind -> (statements that leave state behind, probe query returning True if state leaked)
+LEAKS = {
+    "set": (["SET work_mem = '7MB'"], "SELECT current_setting('work_mem') = '7MB'"),
+    "set_config": (["SELECT set_config('app.tenant', '42', false)"],
+                   "SELECT coalesce(current_setting('app.tenant', true), '') = '42'"),
+    "set_role": (["SET ROLE leak_role"], "SELECT current_user = 'leak_role'"),
+    "session_authorization": (["SET SESSION AUTHORIZATION leak_role"],
+                              "SELECT session_user = 'leak_role'"),
+    "temp_table": (["CREATE TEMP TABLE leak_tmp (x int)"],
+                   "SELECT to_regclass('pg_temp.leak_tmp') IS NOT NULL"),
+    "prepared_statement": (["PREPARE leak_stmt AS SELECT 1"],
+                           "SELECT count(*) > 0 FROM pg_prepared_statements"),
+    "listen": (["LISTEN leak_channel"], "SELECT count(*) > 0 FROM pg_listening_channels()"),
+    "advisory_lock": (["SELECT pg_advisory_lock(4242)"],
+                      "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' "
+                      "AND pid = pg_backend_pid()"),
+    "with_hold_cursor": (["DECLARE leak_cur CURSOR WITH HOLD FOR SELECT 1"],
+                         "SELECT count(*) > 0 FROM pg_cursors"),
+    "open_transaction": (["BEGIN", "CREATE TABLE leak_in_tx (x int)"],
+                         "SELECT to_regclass('leak_in_tx') IS NOT NULL"),
+}
+
+RESET = """
+statements = json.loads(os.environ["LEAK"])
+probe = os.environ["PROBE"]
+first = backend_pid()
+for statement in statements:
+    q(statement)
+leaked_in_first = one(probe)
+end_request()
+second = backend_pid()
+emit(first=first, second=second, leaked_in_first=leaked_in_first, leaked=one(probe))
+"""
+
+
+@pytest.fixture(scope="session")
+def leak_role(pg):
+    pg.create_role("leak_role", "x-not-used", login=False)
+    pg.query("GRANT leak_role TO app")
+    return "leak_role"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("kind", sorted(LEAKS))
+def test_next_checkout_sees_none_of_the_previous_session_state(kind, stack, pg, db_env,
+                                                               leak_role):
+    if kind == "session_authorization":
+        # Only a superuser may change session authorization.
+        db_env = {"DATABASE_URL": pg.url(user="postgres", password=pg.password_of("postgres"),
+                                         sslmode="require")}
+    statements, probe = LEAKS[kind]
+    out = results(run_script(stack, RESET, {**db_env, "POOL_SIZE": "1",
+                                            "LEAK": json.dumps(statements), "PROBE": probe}))
+    assert out["leaked_in_first"] is True, "the probe must see the state it looks for"
+    assert out["second"] == out["first"], "same physical connection"
+    assert out["leaked"] is False
+
+
+def test_queryset_iterator_with_hold_cursor_is_closed_on_checkin(pg, db_env):
+    out = results(run_script(DEFAULT_STACK, """
+q("CREATE TABLE IF NOT EXISTS iter_items (id serial primary key, name text)")
+q("INSERT INTO iter_items (name) SELECT 'n' || g FROM generate_series(1, 10) g")
+end_request()
+first = backend_pid()
+cursor = connection.chunked_cursor()   # what QuerySet.iterator() uses
+cursor.execute("SELECT name FROM iter_items")
+cursor.fetchmany(2)                    # leave it unexhausted, like a view that stops early
+held = one("SELECT count(*) FROM pg_cursors WHERE is_holdable")
+end_request()
+emit(first=first, second=backend_pid(), held=held,
+     after=one("SELECT count(*) FROM pg_cursors"))
+""", {**db_env, "POOL_SIZE": "1"}))
+    assert out["held"] == 1
+    assert out["second"] == out["first"]
+    assert out["after"] == 0
+
+
+def test_a_connection_whose_reset_fails_is_discarded(pg, db_env):
+    out = results(run_script(DEFAULT_STACK, """
+from django.db import connections
+first = backend_pid()
+# Kill our own session from another connection while it is checked out: the
+# reset at checkin fails, so the connection must be thrown away, not reused.
+other = connections.create_connection("default")
+with other.cursor() as c:
+    c.execute("SELECT pg_terminate_backend(%s)", [first])
+other.close()
+end_request()
+emit(first=first, second=backend_pid())
+""", {**db_env, "POOL_SIZE": "2"}))
+    assert out["second"] != out["first"]
+
+
+# -- per-checkout state -------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_isolation_level_time_zone_and_role_hold_on_every_checkout(stack, pg, db_env, leak_role):
+    serializable = "3" if stack.endswith("psycopg2") else "4"  # the drivers number them apart
+    out = results(run_script(stack, """
+seen = []
+for _ in range(3):
+    with transaction.atomic():
+        seen.append([backend_pid(), one("SHOW transaction_isolation"), one("SHOW TimeZone"),
+                     one("SELECT current_user"), connection.get_autocommit()])
+    q("SET TIME ZONE 'UTC'")   # a request that changes it must not affect the next one
+    end_request()
+emit(seen=seen)
+""", {**db_env, "POOL_SIZE": "1", "APP_USE_TZ": "0", "APP_TIME_ZONE": "Asia/Tokyo",
+      "APP_OPTIONS": json.dumps({"isolation_level": int(serializable),
+                                 "assume_role": "leak_role"})}))
+    pids = {row[0] for row in out["seen"]}
+    assert len(pids) == 1
+    for _pid, isolation, zone, user, autocommit in out["seen"]:
+        assert (isolation, zone, user, autocommit) == ("serializable", "Asia/Tokyo",
+                                                        "leak_role", False)
+
+
+def test_conn_max_age_is_treated_as_zero_with_one_warning(pg, db_env):
+    proc = run_script(DEFAULT_STACK, REUSE, {**db_env, "APP_CONN_MAX_AGE": "600"})
+    out = results(proc)
+    assert len(set(out["pids"])) == 1
+    warnings = [line for line in djpool_lines(proc) if "CONN_MAX_AGE" in line]
+    assert len(warnings) == 1 and "'default'" in warnings[0] and "600" in warnings[0]
+
+
+def test_alias_with_djangos_own_pool_is_left_alone(pg, db_env):
+    proc = run_script(DEFAULT_STACK, """
+from djpool import startup
+pids = []
+for _ in range(2):
+    pids.append(backend_pid())
+    end_request()
+emit(pids=pids, our_pools=len(startup.registry().entries()))
+""", {**db_env, "APP_OPTIONS": json.dumps({"pool": {"min_size": 1, "max_size": 2}})})
+    out = results(proc)
+    assert out["our_pools"] == 0
+    lines = [line for line in djpool_lines(proc) if "OPTIONS['pool']" in line]
+    assert len(lines) == 1 and "'default'" in lines[0]
+
+
+def test_custom_engine_subclass_is_pooled(pg, db_env, tmp_path):
+    package = tmp_path / "mybackend"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text(
+        "from django.db.backends.postgresql import base\n"
+        "class DatabaseWrapper(base.DatabaseWrapper):\n"
+        "    pass\n")
+    out = results(run_script(DEFAULT_STACK, "sys.path.insert(0, os.environ['EXTRA'])\n" + REUSE,
+                             {**db_env, "APP_ENGINE": "mybackend", "EXTRA": str(tmp_path)},
+                             cwd=tmp_path))
+    assert len(set(out["pids"])) == 1
+
+
+# -- exhaustion --------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", [DEFAULT_STACK, "dj42-psycopg2"])
+def test_exhausted_pool_raises_operational_error_after_timeout(stack, pg, db_env):
+    out = results(run_script(stack, """
+from django.db import utils
+backend_pid()                      # this thread holds the only connection
+outcome = {}
+def other_request():
+    from django.db import connection as theirs
+    started = time.monotonic()
+    try:
+        with theirs.cursor() as c:
+            c.execute("SELECT 1")
+        outcome["error"] = None
+    except utils.OperationalError as error:
+        outcome["error"] = str(error)
+    outcome["waited"] = time.monotonic() - started
+worker = threading.Thread(target=other_request)
+worker.start()
+worker.join(30)
+emit(alive=worker.is_alive(), **outcome)
+end_request()
+""", {**db_env, "POOL_SIZE": "1", "POOL_TIMEOUT": "0.5"}))
+    assert out["alive"] is False, "the waiting request must not hang"
+    assert "exhausted" in out["error"] and "POOL_SIZE=1" in out["error"]
+    assert out["waited"] >= 0.5
+
+
+# -- bad configuration -------------------------------------------------------
+
+BAD = [
+    ({"POOL_SIZE": "abc"}, "POOL_SIZE='abc'", "whole number from 1 to 1000"),
+    ({"POOL_SIZE": "0"}, "POOL_SIZE='0'", "whole number from 1 to 1000"),
+    ({"POOL_SIZE": "-3"}, "POOL_SIZE='-3'", "whole number from 1 to 1000"),
+    ({"POOL_MAX_OVERFLOW": "lots"}, "POOL_MAX_OVERFLOW='lots'", "whole number from 0"),
+    ({"POOL_TIMEOUT": "soon"}, "POOL_TIMEOUT='soon'", "number of seconds"),
+    ({"POOL_TIMEOUT": "0"}, "POOL_TIMEOUT='0'", "greater than 0"),
+    ({"POOL_RECYCLE": "1h"}, "POOL_RECYCLE='1h'", "whole number"),
+    ({"POOL_DISABLED": "maybe"}, "POOL_DISABLED='maybe'", "1/true/yes/on"),
+]
+
+
+@pytest.mark.parametrize(("env", "named", "allowed"), BAD, ids=[b[1] for b in BAD])
+def test_bad_pool_variable_gives_one_line_and_runs_unpooled(env, named, allowed, pg, db_env):
+    proc = run_script(DEFAULT_STACK, REUSE, {**db_env, **env})
+    out = results(proc)
+    lines = djpool_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert named in lines[0] and allowed in lines[0] and "running unpooled" in lines[0]
+    assert len(set(out["pids"])) == 5, "unpooled: a new connection per request"
+
+
+BAD_URLS = [
+    ("not a url at all", "DATABASE_URL=<16 characters, not shown>"),
+    ("mysql://someone:hunter2-secret@db.example.com:3306/shop",
+     "DATABASE_URL='mysql://someone:***@db.example.com:3306/shop'"),
+    ("postgres://someone:hunter2-secret@db.example.com:notaport/shop",
+     "DATABASE_URL=<"),
+]
+
+
+@pytest.mark.parametrize(("url", "shown"), BAD_URLS, ids=["not-url", "mysql", "bad-port"])
+def test_bad_database_url_gives_one_line_without_the_password(url, shown):
+    # The app would fail on such a URL by itself; the shim must not add a crash.
+    proc = subprocess.run(
+        [str(python_of(DEFAULT_STACK)), "-c", "print('still running')"],
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("POOL_")},
+             "PYTHONPATH": str(SHIM), "DATABASE_URL": url},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "still running"
+    lines = djpool_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert shown in lines[0] and "running unpooled" in lines[0]
+    assert "hunter2" not in proc.stderr
+
+
+def test_pool_disabled_is_silent_and_unpooled(pg, db_env):
+    proc = run_script(DEFAULT_STACK, REUSE, {**db_env, "POOL_DISABLED": "true"})
+    assert len(set(results(proc)["pids"])) == 5
+    assert djpool_lines(proc) == []
+
+
+# -- the shim ------------------------------------------------------------------
+
+def test_shim_imports_neither_django_nor_sqlalchemy(db_env):
+    proc = subprocess.run(
+        [str(python_of(DEFAULT_STACK)), "-c",
+         "import sys; print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))"],
+        env={**os.environ, "PYTHONPATH": str(SHIM), **db_env},
+        capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr
+    assert len(djpool_lines(proc)) == 1
+
+
+def test_another_interpreter_is_left_alone(db_env):
+    # The test runner's own Python stands in for the OS python3: not the prefix
+    # djpool was installed for.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; print('djpool' in sys.modules)"],
+        env={**os.environ, "PYTHONPATH": str(SHIM), **db_env,
+             "DJPOOL_PYTHON_PREFIX": str(python_of(DEFAULT_STACK).parent.parent)},
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == "False"
+    assert djpool_lines(proc) == []
+
+
+def test_the_apps_own_sitecustomize_still_runs(pg, db_env, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os\nos.environ['APP_SITECUSTOMIZE_RAN'] = 'yes'\n")
+    proc = subprocess.run(
+        [str(python_of(DEFAULT_STACK)), "-c", PRELUDE + REUSE +
+         "emit(ran=os.environ.get('APP_SITECUSTOMIZE_RAN'))"],
+        env={**os.environ, "PYTHONPATH": f"{SHIM}{os.pathsep}{tmp_path}", **db_env},
+        capture_output=True, text=True, timeout=60)
+    out = results(proc)
+    assert out["ran"] == "yes"
+    assert len(set(out["pids"])) == 1
+
+
+def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(pg, db_env, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("raise RuntimeError('app bug')\n")
+    proc = subprocess.run(
+        [str(python_of(DEFAULT_STACK)), "-c", PRELUDE + REUSE],
+        env={**os.environ, "PYTHONPATH": f"{SHIM}{os.pathsep}{tmp_path}", **db_env},
+        capture_output=True, text=True, timeout=60)
+    assert len(set(results(proc)["pids"])) == 1
+    assert "Error in sitecustomize" in proc.stderr and "app bug" in proc.stderr
+
+
+def test_missing_sqlalchemy_means_one_line_and_unpooled(db_env):
+    # The test runner's venv has no SQLAlchemy.
+    proc = subprocess.run(
+        [sys.executable, "-c", "print('ok')"],
+        env={**os.environ, "PYTHONPATH": str(SHIM), **db_env},
+        capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "ok"
+    assert djpool_lines(proc) == ["djpool: SQLAlchemy is not installed; running unpooled"]
+
+
+# -- fork safety -------------------------------------------------------------
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_forked_child_never_uses_the_parents_connections(stack, pg, db_env):
+    out = results(run_script(stack, """
+idle = backend_pid()
+end_request()                 # one idle in the pool ...
+held = backend_pid()          # ... and one checked out at fork time (POOL_SIZE=2)
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(read)
+    pids = []
+    for _ in range(3):
+        pids.append(backend_pid())
+        end_request()
+    os.write(write, json.dumps(pids).encode())
+    sys.exit(0)               # normal exit: interpreter teardown frees what it inherited
+os.close(write)
+child_pids = json.loads(os.read(read, 1000))
+os.waitpid(child, 0)
+after = backend_pid()         # the parent's checked-out connection still works
+end_request()
+emit(idle=idle, held=held, child=child_pids, after=after, again=backend_pid())
+""", {**db_env, "POOL_SIZE": "2"}))
+    parent_pids = {out["idle"], out["held"]}
+    assert not parent_pids & set(out["child"])
+    assert len(set(out["child"])) == 1, "the child pools its own connections"
+    assert out["after"] == out["held"]
+    assert out["again"] in parent_pids
+
+
+def test_multiprocessing_fork_children_get_their_own_connections(pg, db_env):
+    out = results(run_script(DEFAULT_STACK, """
+import multiprocessing
+def work(_):
+    pid = backend_pid()
+    end_request()
+    return pid
+parent = backend_pid()
+context = multiprocessing.get_context("fork")
+with context.Pool(2) as workers:
+    child_pids = workers.map(work, range(6))
+emit(parent=parent, children=child_pids, after=backend_pid())
+""", {**db_env, "POOL_SIZE": "2"}))
+    assert out["parent"] not in out["children"]
+    assert out["after"] == out["parent"]
+
+
+def test_threads_share_the_pool_within_its_size(pg, appname, db_env):
+    out = results(run_script(DEFAULT_STACK, """
+from concurrent.futures import ThreadPoolExecutor
+def request(_):
+    pid = one("SELECT pg_backend_pid() FROM pg_sleep(0.01)")
+    end_request()
+    return pid
+with ThreadPoolExecutor(8) as threads:
+    pids = list(threads.map(request, range(80)))
+emit(pids=sorted(set(pids)))
+""", {**db_env, "POOL_SIZE": "3"}))
+    assert 1 <= len(out["pids"]) <= 3
