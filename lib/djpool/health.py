@@ -25,14 +25,22 @@ _POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 def socket_has_news(dbapi_connection: Any) -> bool:
-    """True if the server sent something (or hung up) while nobody was asking."""
+    """True if the server sent something (or hung up) while nobody was asking.
+
+    Any doubt (closed connection, a monkey-patched select module without
+    poll(), as under gevent) answers True, which only costs a ping.
+    """
     try:
         fd = dbapi_connection.fileno()
-    except Exception:  # noqa: BLE001 - a closed connection has no socket
+        poll = getattr(select, "poll", None)  # looked up late: gevent may remove it
+        if poll is not None:
+            poller = poll()
+            poller.register(fd, _POLL_EVENTS)
+            return bool(poller.poll(0))
+        readable, _, broken = select.select([fd], [], [fd], 0)
+        return bool(readable or broken)
+    except Exception:  # noqa: BLE001
         return True
-    poller = select.poll()
-    poller.register(fd, _POLL_EVENTS)
-    return bool(poller.poll(0))
 
 
 def ping(dbapi_connection: Any) -> bool:
