@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh machine, and does nothing that
+# is already done:
+#   1. Debian packages that are missing: the PostgreSQL server (initdb),
+#      openssl, shellcheck, pip (apt-get update runs once, only if needed);
+#   2. uv, from PyPI with pip, into .venv/bootstrap (unless uv is on PATH);
+#   3. the virtualenvs, one per requirement list in tests/requirements/:
+#      .venv/test for the runner and .venv/stacks/<name> for each stack.
+# A venv is complete when its stamp file holds the hash of its requirement
+# list and of the Python it was built with; anything else rebuilds it.
+set -eu -o pipefail -o errtrace
+shopt -s inherit_errexit
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENVS="${REPO}/.venv"
+REQUIREMENTS="${REPO}/tests/requirements"
+STACKS=(dj52-psycopg3 dj52-psycopg2 dj42-psycopg3 dj42-psycopg2)
+STAMP_NAME=".djpool-requirements.sha256"
+
+export UV_PYTHON_DOWNLOADS=never   # use this machine's python3, never fetch one
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+output::step() { echo "-----> $*"; }
+output::detail() { echo "       $*"; }
+output::error() {
+	{
+		echo
+		local line
+		while IFS= read -r line; do echo " !     ${line}"; done <<<"$1"
+		echo
+	} >&2
+}
+
+setup::on_error() {
+	output::error "tests/setup_env.sh failed at line $1 (exit status $2).
+Fix the error above and run it again: bash tests/setup_env.sh"
+}
+trap 'setup::on_error "${LINENO}" "$?"' ERR
+
+# The newest initdb: pg_config's bindir, then /usr/lib/postgresql/*/bin, then PATH.
+# tests/support/postgres.py looks in the same places.
+system::find_initdb() {
+	local bindir newest
+	if command -v pg_config >/dev/null 2>&1; then
+		bindir="$(pg_config --bindir 2>/dev/null || true)"
+		if [[ -n "${bindir}" && -x "${bindir}/initdb" ]]; then
+			echo "${bindir}/initdb"
+			return 0
+		fi
+	fi
+	newest="$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1 || true)"
+	if [[ -n "${newest}" && -x "${newest}" ]]; then
+		echo "${newest}"
+		return 0
+	fi
+	command -v initdb
+}
+
+system::as_root() {
+	if [[ "$(id -u)" == 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		output::error "Installing Debian packages needs root, and sudo is not installed.
+Run as root: apt-get update && apt-get install -y $*"
+		return 1
+	fi
+}
+
+system::ensure_packages() {
+	local missing=()
+	system::find_initdb >/dev/null 2>&1 || missing+=(postgresql)
+	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+	command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+	python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+	if ((${#missing[@]} == 0)); then
+		output::step "Debian packages: all there"
+		return 0
+	fi
+	output::step "Installing Debian packages: ${missing[*]}"
+	system::as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	system::as_root env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	if ! system::find_initdb >/dev/null 2>&1; then
+		output::error "initdb is still not found after installing postgresql.
+Install the PostgreSQL server by hand: apt-get install -y postgresql"
+		return 1
+	fi
+}
+
+# Sets UV to a usable uv binary.
+uv::ensure() {
+	if command -v uv >/dev/null 2>&1; then
+		UV="$(command -v uv)"
+	elif [[ -x "${VENVS}/bootstrap/bin/uv" ]]; then
+		UV="${VENVS}/bootstrap/bin/uv"
+	else
+		output::step "Installing uv into .venv/bootstrap"
+		# --target needs no venv module and is allowed on an externally managed Python.
+		python3 -m pip install --quiet --target "${VENVS}/bootstrap" uv
+		UV="${VENVS}/bootstrap/bin/uv"
+	fi
+	output::detail "using $("${UV}" --version) (${UV})"
+}
+
+# venv::ensure DIR REQUIREMENTS_FILE
+venv::ensure() {
+	local dir="$1" requirements="$2"
+	local name="${dir#"${VENVS}/"}" stamp="${dir}/${STAMP_NAME}" want
+	want="$(
+		cat "${requirements}"
+		echo "${PYTHON}"
+		"${PYTHON}" -c 'import sys; print(sys.version)'
+	)"
+	want="$(sha256sum <<<"${want}" | cut -d ' ' -f 1)"
+	if [[ -x "${dir}/bin/python" && -f "${stamp}" && "$(<"${stamp}")" == "${want}" ]]; then
+		output::detail "${name}: complete"
+		return 0
+	fi
+	output::detail "${name}: installing $(grep -cv -e '^#' -e '^$' "${requirements}") requirements"
+	rm -rf "${dir}"
+	"${UV}" venv --quiet --python "${PYTHON}" "${dir}"
+	"${UV}" pip install --quiet --python "${dir}/bin/python" -r "${requirements}"
+	echo "${want}" >"${stamp}"
+}
+
+main() {
+	system::ensure_packages
+	uv::ensure
+	PYTHON="$(python3 -c 'import sys; print(sys.executable)')"
+	output::step "Virtualenvs under .venv/ (Python $("${PYTHON}" -c 'import platform; print(platform.python_version())'))"
+	venv::ensure "${VENVS}/test" "${REQUIREMENTS}/test.txt"
+	local stack
+	for stack in "${STACKS[@]}"; do
+		venv::ensure "${VENVS}/stacks/${stack}" "${REQUIREMENTS}/${stack}.txt"
+	done
+}
+
+main "$@"
