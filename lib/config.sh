@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The app's config vars, as the build sees them: ENV_DIR holds one file per
+# variable, named after it, holding its value. The build checks the POOL_*
+# variables with the runtime's own code (djpool.check), so a value the
+# runtime would reject fails the build and the running release stays up.
+
+# Redundant for the scripts that source this file, but tells shellcheck how it runs.
+set -euo pipefail
+
+CONFIG_POOL_VARS=(POOL_SIZE POOL_MAX_OVERFLOW POOL_TIMEOUT POOL_RECYCLE POOL_DISABLED)
+
+# config::check_pool_vars PYTHON ENV_DIR DJPOOL_LIB
+function config::check_pool_vars() {
+	local python="${1}" env_dir="${2}" djpool_lib="${3}"
+	local settings status=0
+	# A subshell: the config vars are set for the check only, never exported
+	# to the rest of the build.
+	settings="$(
+		local name
+		for name in "${CONFIG_POOL_VARS[@]}"; do
+			unset "${name}"
+			if [[ -f "${env_dir}/${name}" ]]; then
+				export "${name}=$(<"${env_dir}/${name}")"
+			fi
+		done
+		PYTHONPATH="${djpool_lib}" "${python}" -m djpool.check 2>&1
+	)" || status=$?
+	if ((status != 0)); then
+		failure::abort <<-EOF
+			Error: a djpool config var is not valid.
+
+			${settings}
+
+			djpool checks the POOL_* config vars at build time, so that a
+			bad value fails the build instead of running unpooled. Fix the
+			value, or unset it to use the default, then build again:
+			  heroku config:set NAME=VALUE
+			  heroku config:unset NAME
+			The variables, their defaults and allowed values are listed in
+			docs/buildpack.md in the djpool buildpack's repository.
+		EOF
+	fi
+	output::detail "${settings}"
+}
+
+# config::pooling_disabled ENV_DIR: succeeds when POOL_DISABLED is true there
+# (config::check_pool_vars has checked the value first).
+function config::pooling_disabled() {
+	local env_dir="${1}" value=""
+	if [[ -f "${env_dir}/POOL_DISABLED" ]]; then
+		value="$(<"${env_dir}/POOL_DISABLED")"
+	fi
+	value="${value,,}"
+	value="${value//[[:space:]]/}"
+	[[ "${value}" == @(1|true|yes|on) ]]
+}
