@@ -1,0 +1,16 @@
+from django.urls import path
+
+from core import views
+
+urlpatterns = [
+    path("health/", views.health),
+    path("whoami/", views.whoami),
+    path("pid/", views.pid),
+    path("sql/", views.sql),
+    path("iterate/", views.iterate),
+    path("raise-in-atomic/", views.raise_in_atomic),
+    path("aborted/", views.aborted),
+    path("slow/", views.slow),
+    path("items/", views.items),
+    path("items3/", views.items3),
+]

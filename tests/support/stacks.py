@@ -1,0 +1,145 @@
+"""The tested stacks (Django x driver), each a virtualenv made by tests/setup_env.sh.
+
+A process of a stack is started the way a dyno starts one: the stack's own
+Python, settings only from the environment, and (unless ``shim=False``) the
+shim directory on PYTHONPATH, as the buildpack's .profile.d script puts it.
+The test runner's environment is cleaned first so that nothing of it (its own
+PYTHONPATH, a DATABASE_URL, POOL_* variables, PG* variables) leaks in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[2]
+SHIM_DIR = REPO / "shim"
+APP_DIR = REPO / "tests" / "app"
+STACKS_DIR = REPO / ".venv" / "stacks"
+
+STACKS: tuple[str, ...] = ("dj52-psycopg3", "dj52-psycopg2", "dj42-psycopg3", "dj42-psycopg2")
+DEFAULT_STACK = "dj52-psycopg3"
+
+# Variables of the test runner that must not reach a stack's process.
+_DROPPED_PREFIXES = ("POOL_", "DJPOOL_", "APP_", "PG")
+_DROPPED = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "DATABASE_URL",
+            "DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS"}
+
+
+class Result(NamedTuple):
+    """What a stack process did; unpacks as ``returncode, stdout, stderr``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def djpool_lines(self) -> list[str]:
+        """The lines the shim printed (they all start with ``djpool:``)."""
+        return [line for line in self.stderr.splitlines() if line.startswith("djpool:")]
+
+
+def venv_dir(stack: str) -> Path:
+    if stack not in STACKS:
+        raise ValueError(f"unknown stack {stack!r}; the stacks are {', '.join(STACKS)}")
+    return STACKS_DIR / stack
+
+
+def python_path(stack: str) -> Path:
+    """The stack's interpreter; fails with what to run if the venv is missing."""
+    python = venv_dir(stack) / "bin" / "python"
+    if not python.exists():
+        raise FileNotFoundError(f"{python} is missing: run `bash tests/setup_env.sh`")
+    return python
+
+
+def bin_path(stack: str, name: str) -> Path:
+    """A console script of the stack, e.g. ``bin_path(stack, "gunicorn")``."""
+    python_path(stack)
+    return venv_dir(stack) / "bin" / name
+
+
+def stack_env(
+    env: Mapping[str, str] | None = None,
+    *,
+    shim: bool = True,
+    app: bool = False,
+    pythonpath: Sequence[str | os.PathLike[str]] = (),
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a stack process.
+
+    Parameters:
+        env: the process's own variables (DATABASE_URL, POOL_*, APP_*); applied last.
+        shim: put ``<repo>/shim`` first on PYTHONPATH (default True).
+        app: make tests/app importable and set DJANGO_SETTINGS_MODULE=testproj.settings.
+        pythonpath: more directories for PYTHONPATH, after the shim.
+        base: the environment to start from (default: the test runner's, cleaned).
+    """
+    source = os.environ if base is None else base
+    result = {
+        key: value
+        for key, value in source.items()
+        if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)
+    }
+    path = [str(SHIM_DIR)] if shim else []
+    path += [str(entry) for entry in pythonpath]
+    if app:
+        path.append(str(APP_DIR))
+        result["DJANGO_SETTINGS_MODULE"] = "testproj.settings"
+    if path:
+        result["PYTHONPATH"] = os.pathsep.join(path)
+    result.setdefault("PYTHONUNBUFFERED", "1")
+    result.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    result.update(env or {})
+    return result
+
+
+def run(
+    stack: str,
+    args: Sequence[str | os.PathLike[str]],
+    env: Mapping[str, str] | None = None,
+    *,
+    shim: bool = True,
+    app: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 60,
+    input: str | None = None,
+) -> Result:
+    """Run the stack's Python with ``args`` (see stack_env for env, shim and app)."""
+    completed = subprocess.run(
+        [str(python_path(stack)), *map(str, args)],
+        env=stack_env(env, shim=shim, app=app),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
+    return Result(completed.returncode, completed.stdout, completed.stderr)
+
+
+def run_python(stack: str, code: str, env: Mapping[str, str] | None = None, *,
+               shim: bool = True, app: bool = False, cwd: str | os.PathLike[str] | None = None,
+               timeout: float = 60) -> Result:
+    """Run a Python snippet (``python -c code``) in the stack."""
+    return run(stack, ["-c", code], env, shim=shim, app=app, cwd=cwd, timeout=timeout)
+
+
+def run_manage(stack: str, *args: str, env: Mapping[str, str] | None = None,
+               shim: bool = True, timeout: float = 120) -> Result:
+    """Run ``manage.py <args>`` of the sample app (tests/app) in the stack."""
+    return run(stack, [APP_DIR / "manage.py", *args], env, shim=shim, cwd=APP_DIR,
+               timeout=timeout)
+
+
+def check(result: Result, what: str = "stack process") -> Result:
+    """The result, or an AssertionError with everything the process printed."""
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{what} exited with status {result.returncode}\n"
+            f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+        )
+    return result
