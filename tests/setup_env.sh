@@ -91,7 +91,7 @@ Install the PostgreSQL server by hand: apt-get install -y postgresql"
 
 # Sets UV to a usable uv binary.
 uv::ensure() {
-	if command -v uv >/dev/null 2>&1; then
+	if uv --version >/dev/null 2>&1; then # a working uv (not just a pyenv shim without one)
 		UV="$(command -v uv)"
 	elif [[ -x "${VENVS}/bootstrap/bin/uv" ]]; then
 		UV="${VENVS}/bootstrap/bin/uv"

@@ -179,7 +179,7 @@ def test_gunicorn_serves_the_app_on_each_stack_without_the_shim(stack, start_app
 def test_a_backend_is_visible_during_the_request_and_closed_after_it(start_app, pg, appname):
     app = start_app(shim=False)
     answers = []
-    request = threading.Thread(target=lambda: answers.append(app.get("/slow/?ms=3000")))
+    request = threading.Thread(target=lambda: answers.append(app.get("/slow/?ms=2000")))
     request.start()
     try:
         [busy] = wait_until(
