@@ -424,14 +424,15 @@ def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(pg, db_env, tmp
     assert "Error in sitecustomize" in proc.stderr and "app bug" in proc.stderr
 
 
-def test_missing_sqlalchemy_means_one_line_and_unpooled(db_env):
-    # The test runner's venv has no SQLAlchemy.
+def test_missing_dependencies_mean_one_line_and_unpooled(db_env):
+    # The test runner's venv has neither SQLAlchemy nor dj-database-url.
     proc = subprocess.run(
         [sys.executable, "-c", "print('ok')"],
         env={**os.environ, "PYTHONPATH": str(SHIM), **db_env},
         capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "ok"
-    assert djpool_lines(proc) == ["djpool: SQLAlchemy is not installed; running unpooled"]
+    assert djpool_lines(proc) == [
+        "djpool: SQLAlchemy and dj-database-url are not installed; running unpooled"]
 
 
 # -- fork safety -------------------------------------------------------------

@@ -26,6 +26,11 @@ _registry = None  # the process's PoolRegistry once the patch is in
 
 def start(environ: Mapping[str, str]) -> bool:
     """Validate the configuration and arrange for the patch; True if pooling is on."""
+    missing = missing_dependencies()
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        say(f"{' and '.join(missing)} {verb} not installed; running unpooled")
+        return False
     try:
         config = config_module.load(environ)
     except config_module.ConfigError as error:
@@ -33,12 +38,15 @@ def start(environ: Mapping[str, str]) -> bool:
         return False
     if config is None:
         return False
-    if importlib.util.find_spec("sqlalchemy") is None:
-        say("SQLAlchemy is not installed; running unpooled")
-        return False
     say(f"pooling {config.database.describe()}: {config.pool.describe()} per process")
     when_imported(TARGET_MODULE, lambda module: _install(module, config))
     return True
+
+
+def missing_dependencies() -> list[str]:
+    """The runtime dependencies this interpreter cannot import (found without importing)."""
+    wanted = {"sqlalchemy": "SQLAlchemy", "dj_database_url": "dj-database-url"}
+    return [name for module, name in wanted.items() if importlib.util.find_spec(module) is None]
 
 
 def _install(base: ModuleType, config: config_module.Config) -> None:
