@@ -109,13 +109,23 @@ emit(pids=pids)
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_connection_is_reused_across_requests(stack, pg, appname, db_env):
-    proc = run_script(stack, REUSE + """
+    proc = run_script(stack, """
+from django.db.backends.signals import connection_created
+from djpool import startup
+created = []
+connection_created.connect(lambda sender, connection, **kw: created.append(1), weak=False)
+""" + REUSE + """
 server = [r[0] for r in q(
     "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [os.environ["APP_NAME"]])]
-emit(server=server)
+counters = startup.registry().entries()[0].counters
+emit(server=server, physical=counters.connects, checkouts=counters.checkouts,
+     created=len(created))
 """, {**db_env, "POOL_SIZE": "2", "APP_NAME": appname})
     out = results(proc)
     assert len(set(out["pids"])) == 1, out
+    # Django's per-connection setup ran once; its per-checkout part every time.
+    assert out["physical"] == 1 and out["checkouts"] == 6
+    assert out["created"] == 6
     # Between requests the connection stays open on the server: the one we
     # query from plus nothing else.
     assert out["server"] == [out["pids"][0]]
