@@ -1,0 +1,422 @@
+"""The moving parts of the benchmark: app servers, PgBouncer, the delay proxy, wrk, sampling.
+
+It reuses the test suite's helpers (tests/support): ``PostgresServer`` for a
+throwaway PostgreSQL set up like Heroku Postgres (TLS only, scram-sha-256)
+and ``AppServer`` for the sample app under a real gunicorn. The benchmark's
+gunicorn is the bench venv's (.venv/bench, which also has psycopg_pool and
+django-db-connection-pool), with no access log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+from support.appserver import AppServer  # noqa: E402
+from support.postgres import PostgresServer, free_port  # noqa: E402
+from support.stacks import APP_DIR, SHIM_DIR  # noqa: E402
+
+BENCH_DIR = REPO / "bench"
+BENCH_VENV = REPO / ".venv" / "bench"
+BENCH_PYTHON = BENCH_VENV / "bin" / "python"
+SETTINGS_DIR = BENCH_DIR / "settings"
+WRK_SCRIPT = BENCH_DIR / "wrk_report.lua"
+PGBOUNCER_OS_USER = "postgres"
+
+__all__ = [
+    "APP_DIR", "BENCH_PYTHON", "BenchApp", "DelayProxyProcess", "PgBouncer",
+    "PostgresServer", "ConnectionSampler", "WrkResult", "free_port", "run_wrk",
+]
+
+
+def bench_python() -> Path:
+    """The bench venv's interpreter; fails with what to run if it is missing."""
+    if not BENCH_PYTHON.exists():
+        raise FileNotFoundError(f"{BENCH_PYTHON} is missing: run `make bench` "
+                                "(or `bash tests/setup_env.sh && bash bench/setup.sh`)")
+    return BENCH_PYTHON
+
+
+def app_env(env: Mapping[str, str], *, shim: bool) -> dict[str, str]:
+    """A dyno's environment for the sample app with the bench settings overlay."""
+    path = ([str(SHIM_DIR)] if shim else []) + [str(SETTINGS_DIR), str(APP_DIR)]
+    return {
+        "PYTHONPATH": os.pathsep.join(path),
+        "DJANGO_SETTINGS_MODULE": "benchsettings",
+        **env,
+    }
+
+
+class BenchApp(AppServer):
+    """The suite's AppServer, run with the bench venv's gunicorn and without an access log."""
+
+    def command(self) -> list[str]:
+        args = super().command()
+        args[0] = str(BENCH_VENV / "bin" / "gunicorn")
+        if "--access-logfile" in args:
+            index = args.index("--access-logfile")
+            del args[index:index + 2]
+        return args
+
+
+# -- wrk ---------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    """One wrk run, as wrk_report.lua reports it (latencies in microseconds)."""
+
+    requests: int
+    duration_us: int
+    p50_us: int
+    p90_us: int
+    p99_us: int
+    max_us: int
+    mean_us: float
+    connect: int
+    read: int
+    write: int
+    status: int
+    timeout: int
+    raw: str = field(default="", repr=False)
+
+    @property
+    def rps(self) -> float:
+        return self.requests / (self.duration_us / 1e6) if self.duration_us else 0.0
+
+    @property
+    def errors(self) -> int:
+        """Responses with status >= 400 plus socket errors (connect, read, write, timeout)."""
+        return self.status + self.connect + self.read + self.write + self.timeout
+
+
+def run_wrk(url: str, seconds: float, connections: int, threads: int = 1,
+            timeout_s: int = 10) -> WrkResult:
+    """Drive ``url`` (loopback only) for ``seconds`` with wrk and parse its report."""
+    if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        raise ValueError("the benchmark only loads servers on 127.0.0.1")
+    whole = max(1, round(seconds))  # wrk takes whole seconds only
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{whole}s",
+               "--timeout", f"{timeout_s}s", "-s", str(WRK_SCRIPT), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=whole + 60)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            values = json.loads(line[len("WRKJSON "):])
+            values.pop("bytes", None)
+            return WrkResult(**values, raw=done.stdout)
+    raise RuntimeError(f"wrk printed no report (status {done.returncode}):\n"
+                       f"{done.stdout}\n{done.stderr}")
+
+
+# -- sampling the server -------------------------------------------------------
+
+
+class ConnectionSampler:
+    """Samples pg_stat_activity every ``interval`` s and keeps the peak per database."""
+
+    def __init__(self, server: PostgresServer, interval: float = 0.025) -> None:
+        self.server = server
+        self.interval = interval
+        self._peaks: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.samples = 0
+
+    def __enter__(self) -> ConnectionSampler:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            rows = self.server.query(
+                "SELECT datname, count(*) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND datname IS NOT NULL GROUP BY datname")
+            with self._lock:
+                self.samples += 1
+                for datname, count in rows:
+                    if count > self._peaks.get(datname, 0):
+                        self._peaks[datname] = int(count)
+            self._stop.wait(self.interval)
+
+    def reset(self) -> None:
+        """Forget the peaks seen so far (start of a measured window)."""
+        with self._lock:
+            self._peaks.clear()
+
+    def peak(self, datname: str) -> int:
+        with self._lock:
+            return self._peaks.get(datname, 0)
+
+
+# -- PgBouncer as heroku-buildpack-pgbouncer runs it ----------------------------
+
+
+def _server_os_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwnam(PGBOUNCER_OS_USER)  # PostgresServer made it
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer"
+                                          if os.access("/usr/sbin/pgbouncer", os.X_OK) else None)
+    if found is None:
+        raise FileNotFoundError("pgbouncer is missing: apt-get install -y pgbouncer "
+                                "(bench/setup.sh does it)")
+    return found
+
+
+class PgBouncer:
+    """A local PgBouncer configured like heroku-buildpack-pgbouncer's gen-pgbouncer-conf.sh.
+
+    The settings and their defaults are the buildpack's (v0.18): listen on
+    127.0.0.1, clients authenticate with scram-sha-256 against a plain-text
+    auth_file, the server is reached with ``server_tls_sslmode = require``,
+    pool_mode transaction unless told otherwise, ``DISCARD ALL;`` as the reset
+    query in session mode, log_connections on. Differences, all forced by the
+    setting: a free port instead of 6000; ``max_prepared_statements`` is left
+    out (Debian's PgBouncer 1.18 predates it; 0, the buildpack's default,
+    is 1.18's behaviour); ``default_pool_size`` is passed in (the buildpack's
+    PGBOUNCER_DEFAULT_POOL_SIZE, default 1) so the comparison can give
+    PgBouncer the same server-connection budget as djpool.
+    """
+
+    def __init__(self, *, server_host: str, server_port: int, databases: Mapping[str, str],
+                 user: str, password: str, pool_mode: str = "transaction",
+                 default_pool_size: int = 1, reserve_pool_size: int = 1,
+                 max_client_conn: int = 100) -> None:
+        self.server_host = server_host
+        self.server_port = server_port
+        self.databases = dict(databases)  # client-side name -> server database
+        self.user = user
+        self.password = password
+        self.pool_mode = pool_mode
+        self.default_pool_size = default_pool_size
+        self.reserve_pool_size = reserve_pool_size
+        self.max_client_conn = max_client_conn
+        self.port = 0
+        self.dir = Path(tempfile.mkdtemp(prefix="djpool-bench-pgbouncer-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "pgbouncer.log"
+
+    def config_text(self) -> str:
+        reset = "DISCARD ALL;" if self.pool_mode == "session" else ""
+        lines = [
+            "[pgbouncer]",
+            "listen_addr = 127.0.0.1",
+            f"listen_port = {self.port}",
+            "unix_socket_dir =",
+            "auth_type = scram-sha-256",
+            f"auth_file = {self.dir / 'users.txt'}",
+            "server_tls_sslmode = require",
+            "server_tls_protocols = secure",
+            "server_tls_ciphers = HIGH:!ADH:!AECDH:!LOW:!EXP:!MD5:!3DES:!SRP:!PSK:@STRENGTH",
+            f"pool_mode = {self.pool_mode}",
+            f"server_reset_query = {reset}",
+            f"max_client_conn = {self.max_client_conn}",
+            f"default_pool_size = {self.default_pool_size}",
+            "min_pool_size = 0",
+            f"reserve_pool_size = {self.reserve_pool_size}",
+            "reserve_pool_timeout = 5.0",
+            "server_lifetime = 3600",
+            "server_idle_timeout = 600",
+            "log_connections = 1",
+            "log_disconnections = 1",
+            "log_pooler_errors = 1",
+            "stats_period = 60",
+            "ignore_startup_parameters =",
+            "query_wait_timeout = 120",
+            "",
+            "[databases]",
+        ]
+        for client_db, server_db in self.databases.items():
+            lines.append(f"{client_db}= host={self.server_host} dbname={server_db} "
+                         f"port={self.server_port}")
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> PgBouncer:
+        """Write the config, start PgBouncer (as the postgres user when root) and wait for it."""
+        self.port = free_port()
+        owner = _server_os_user()
+        files = {
+            "pgbouncer.ini": self.config_text(),
+            "users.txt": f'"{self.user}" "{self.password}"\n',
+        }
+        for name, text in files.items():
+            path = self.dir / name
+            path.write_text(text)
+            os.chmod(path, 0o600)
+            if owner is not None:
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        if owner is not None:
+            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+        command = [pgbouncer_binary(), str(self.dir / "pgbouncer.ini")]
+        if owner is not None:
+            command = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", owner.pw_name,
+                       "--", *command]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_listening(self.port, self.process, self.log_path)
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(2)  # SIGINT: PgBouncer's "shut down now"
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def url(self, client_db: str) -> str:
+        """The DATABASE_URL the buildpack gives the app: plain TCP to the local PgBouncer."""
+        return f"postgres://{self.user}:{self.password}@127.0.0.1:{self.port}/{client_db}"
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path,
+                    timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}:\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on port {port} after {timeout:g} s:\n"
+                               f"{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.02)
+
+
+# -- the delay proxy -------------------------------------------------------------
+
+
+class DelayProxyProcess:
+    """bench/delayproxy.py in a process of its own, between a client and ``target``."""
+
+    def __init__(self, target_host: str, target_port: int, rtt_ms: float,
+                 max_seconds: float = 3600.0) -> None:
+        self.target = (target_host, target_port)
+        self.rtt_ms = rtt_ms
+        self.max_seconds = max_seconds
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> DelayProxyProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "delayproxy.py"),
+             "--target", f"{self.target[0]}:{self.target[1]}",
+             "--rtt-ms", str(self.rtt_ms), "--max-seconds", str(self.max_seconds)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().split()
+        if len(line) != 2 or line[0] != "ready":
+            raise RuntimeError("the delay proxy did not start")
+        self.port = int(line[1])
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def measure_rtt_ms(host: str, port: int, samples: int = 50) -> float:
+    """Median time of a TCP connect to host:port (through a proxy: one proxied round trip)."""
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # PostgreSQL's SSLRequest: the server answers one byte, so this is one round trip.
+            sock.sendall(b"\x00\x00\x00\x08\x04\xd2\x16\x2f")
+            sock.recv(1)
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def versions(server: PostgresServer) -> dict[str, Any]:
+    """What ran: Python and packages of the bench venv, PostgreSQL, PgBouncer, wrk."""
+    code = ("import json, platform, django, psycopg, sqlalchemy, gunicorn, psycopg_pool\n"
+            "from importlib.metadata import version\n"
+            "print(json.dumps({'python': platform.python_version(),"
+            " 'django': django.get_version(), 'psycopg': psycopg.__version__,"
+            " 'psycopg_pool': psycopg_pool.__version__, 'sqlalchemy': sqlalchemy.__version__,"
+            " 'gunicorn': gunicorn.__version__,"
+            " 'django-db-connection-pool': version('django-db-connection-pool'),"
+            " 'dj-database-url': version('dj-database-url')}))")
+    found = json.loads(subprocess.run([str(bench_python()), "-c", code], capture_output=True,
+                                      text=True, check=True, timeout=60).stdout)
+    found["postgresql"] = server.query("SHOW server_version")[0][0]
+    bouncer = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
+                             timeout=30).stdout.splitlines()
+    found["pgbouncer"] = bouncer[0].split()[-1] if bouncer else "?"
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=30)
+    found["wrk"] = (wrk.stdout + wrk.stderr).split()[1] if (wrk.stdout + wrk.stderr) else "?"
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, memory, kernel: where the figures were measured."""
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_kib = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "kernel": os.uname().release,
+        "load_at_start": os.getloadavg(),
+    }

@@ -1,0 +1,298 @@
+"""Turn one benchmark run (bench/out/results.json) into tables, targets and a chart.
+
+Medians over the interleaved rounds for rates and latencies; errors are
+summed over rounds; peak connections are the highest seen in any round;
+connections opened are the median per measured run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from setups import DJPOOL_MAX_OVERFLOW, DJPOOL_POOL_SIZE, WORKLOADS
+
+START_MARK = "<!-- bench:results:start -->"
+END_MARK = "<!-- bench:results:end -->"
+POOLED_ALTERNATIVES = ("b", "d-sess", "d-txn", "e", "f")
+
+
+def summarise(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(setup, workload) -> medians and totals over the rounds."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault((run["setup"], run["workload"]), []).append(run)
+    summary = {}
+    for key, group in grouped.items():
+        summary[key] = {
+            "rps": statistics.median(run["rps"] for run in group),
+            "rps_all": [round(run["rps"], 1) for run in group],
+            "p50_ms": statistics.median(run["p50_ms"] for run in group),
+            "p99_ms": statistics.median(run["p99_ms"] for run in group),
+            "errors": sum(run["errors"] for run in group),
+            "requests": sum(run["requests"] for run in group),
+            "peak_connections": max(run["peak_connections"] for run in group),
+            "connections_opened": statistics.median(run["connections_opened"]
+                                                    for run in group),
+            "rounds": len(group),
+        }
+    return summary
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for djpool (setup c), each with its measured ratio and pass/miss."""
+    summary = summarise(results["runs"])
+    workers = results["plan"]["workers"]
+    rows: list[dict[str, Any]] = []
+
+    def add(what: str, value: float, goal: str, passed: bool) -> None:
+        rows.append({"target": what, "value": value, "goal": goal,
+                     "result": "pass" if passed else "MISS"})
+
+    for workload in WORKLOADS:
+        c, g = summary.get(("c", workload)), summary.get(("g", workload))
+        if c and g:
+            ratio = _ratio(c["rps"], g["rps"])
+            add(f"c / g req/s, {workload}", ratio, ">= 0.95", ratio >= 0.95)
+            ratio = _ratio(c["p99_ms"], g["p99_ms"])
+            add(f"c / g p99, {workload}", ratio, "<= 1.10", ratio <= 1.10)
+    c, a = summary.get(("c", "items")), summary.get(("a", "items"))
+    if c and a:
+        ratio = _ratio(c["rps"], a["rps"])
+        add("c / a req/s, items", ratio, ">= 3", ratio >= 3)
+    for workload in WORKLOADS:
+        c = summary.get(("c", workload))
+        for other in POOLED_ALTERNATIVES:
+            x = summary.get((other, workload))
+            if c and x:
+                ratio = _ratio(c["rps"], x["rps"])
+                add(f"c / {other} req/s, {workload}", ratio, ">= 1.00", ratio >= 1.0)
+    limit = workers * (DJPOOL_POOL_SIZE + DJPOOL_MAX_OVERFLOW)
+    peaks = [summary[("c", workload)]["peak_connections"] for workload in WORKLOADS
+             if ("c", workload) in summary]
+    if peaks:
+        add("c peak server connections", max(peaks),
+            f"<= {workers} x ({DJPOOL_POOL_SIZE}+{DJPOOL_MAX_OVERFLOW}) = {limit}",
+            max(peaks) <= limit)
+    return rows
+
+
+def _fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+def main_tables(results: dict[str, Any]) -> str:
+    summary = summarise(results["runs"])
+    setups = results["setups"]
+    out = []
+    for workload, path in WORKLOADS.items():
+        if not any(key[1] == workload for key in summary):
+            continue
+        ceiling = summary.get(("g", workload), {}).get("rps", 0.0)
+        out.append(f"**{path}** ({'one indexed query' if workload == 'items' else 'three queries in transaction.atomic()'})\n")
+        out.append("| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for key, label in setups.items():
+            row = summary.get((key, workload))
+            if row is None:
+                continue
+            out.append(
+                f"| {key} | {label} | {row['rps']:.0f} | {_fmt(_ratio(row['rps'], ceiling))} | "
+                f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['errors']} | "
+                f"{row['peak_connections']} | {row['connections_opened']:g} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def targets_table(results: dict[str, Any]) -> str:
+    out = ["| target | measured | goal | |", "|---|---:|---|---|"]
+    for row in targets(results):
+        value = row["value"]
+        shown = f"{value:g}" if isinstance(value, int) else _fmt(value)
+        out.append(f"| {row['target']} | {shown} | {row['goal']} | {row['result']} |")
+    return "\n".join(out) + "\n"
+
+
+def budget_table(results: dict[str, Any]) -> str:
+    if not results.get("budget"):
+        return ""
+    plan = results["plan"]
+    out = [f"max_connections={plan['budget_max_connections']} (3 of them reserved for "
+           f"superusers), gunicorn {plan['budget_workers']} × {plan['budget_threads']} "
+           f"threads, wrk -c {plan['budget_connections']} on /items/ for "
+           f"{plan['budget_seconds']:g} s:\n",
+           "| setup | req/s | errors | requests | peak conns | serving? | first error logged |",
+           "|---|---:|---:|---:|---:|---|---|"]
+    for row in results["budget"]:
+        if "failed" in row:
+            out.append(f"| {row['setup']} | – | – | – | – | no | {row['failed']} |")
+            continue
+        total = row["requests"] + row["socket_errors"]
+        share = row["errors"] / total if total else 1.0
+        serving = "yes" if share == 0 else ("partly" if share < 0.5 else "no")
+        first = (row.get("log_lines") or [""])[0].replace("|", "\\|")[:120]
+        out.append(f"| {row['setup']} | {row['rps']:.0f} | {row['errors']} | {total} | "
+                   f"{row['peak_connections']} | {serving} ({share:.0%} errors) | {first} |")
+    return "\n".join(out) + "\n"
+
+
+def startup_table(results: dict[str, Any]) -> str:
+    startup = results.get("startup")
+    if not startup:
+        return ""
+    out = ["| interpreter start | median ms | vs bare |", "|---|---:|---:|"]
+    bare = startup["start_ms"]["bare"]
+    for name, value in startup["start_ms"].items():
+        out.append(f"| {name} | {value:.1f} | {value - bare:+.1f} |")
+    out.append("")
+    out.append("| one request's connection handling (query + close_old_connections) "
+               "| µs per request | vs persistent |")
+    out.append("|---|---:|---:|")
+    base = startup["request_us"]["persistent"]
+    for name, value in startup["request_us"].items():
+        out.append(f"| {name} | {value:.0f} | {value - base:+.0f} |")
+    return "\n".join(out) + "\n"
+
+
+def headline(results: dict[str, Any]) -> str:
+    summary = summarise(results["runs"])
+
+    def rps(key: str, workload: str = "items") -> float:
+        return summary.get((key, workload), {}).get("rps", float("nan"))
+
+    budget = {row["setup"]: row for row in results.get("budget", [])}
+    c_budget = budget.get("c", {})
+    failing = [key for key, row in budget.items()
+               if key != "c" and (("failed" in row) or row.get("errors", 0) > 0)]
+    rtt = results["plan"]["rtt_ms"]
+    where = f"with {rtt:g} ms between app and database" if rtt else "on loopback"
+    text = (
+        f"On {results['machine']['nproc']} cores {where}, a Django view making one indexed "
+        f"query served {rps('c'):.0f} req/s with djpool against {rps('a'):.0f} without "
+        f"pooling ({_ratio(rps('c'), rps('a')):.1f}×) and {rps('g'):.0f} with a connection "
+        f"that is never closed ({_ratio(rps('c'), rps('g')):.0%} of that ceiling); "
+        f"Django's persistent connections as Heroku's template sets them reached "
+        f"{rps('b'):.0f}, PgBouncer in transaction mode {rps('d-txn'):.0f}, Django's own "
+        f"pool {rps('e'):.0f} and django-db-connection-pool {rps('f'):.0f}."
+    )
+    if c_budget and "errors" in c_budget:
+        text += (f" With 24 app threads and a 20-connection server, djpool answered every "
+                 f"request ({c_budget['errors']} errors) holding at most "
+                 f"{c_budget['peak_connections']} server connections"
+                 + (f", while {', '.join(failing)} failed requests" if failing else "") + ".")
+    return text
+
+
+def render(results: dict[str, Any]) -> str:
+    """Everything a person reads after a run, as Markdown."""
+    plan = results["plan"]
+    parts = [
+        f"Measured {plan['rounds']} interleaved round(s) × {plan['seconds']:g} s per setup "
+        f"and workload; gunicorn gthread {plan['workers']} workers × {plan['threads']} "
+        f"threads; wrk 1 thread, {plan['connections']} connections"
+        + (f"; database round trip +{plan['rtt_ms']:g} ms through the delay proxy "
+           f"(measured {results.get('measured_rtt_ms') or 0:.2f} ms per proxied round trip)"
+           if plan["rtt_ms"] else "; database on loopback") + ".\n",
+        main_tables(results),
+        "**Targets** (djpool = c, ceiling = g)\n",
+        targets_table(results),
+    ]
+    budget = budget_table(results)
+    if budget:
+        parts += ["**Connection budget**\n", budget]
+    startup = startup_table(results)
+    if startup:
+        parts += ["**Startup and per-request overhead** (bench/startup.py)\n", startup]
+    parts += ["**Headline**\n", headline(results) + "\n"]
+    return "\n".join(parts)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Req/s and p99 per setup and workload, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(results["runs"])
+    keys = list(results["setups"])
+    workloads = [w for w in WORKLOADS if any((k, w) in summary for k in keys)]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / max(len(workloads), 1)
+    for index, workload in enumerate(workloads):
+        xs = [n + index * width for n in range(len(keys))]
+        rps = [summary.get((k, workload), {}).get("rps", 0) for k in keys]
+        p99 = [summary.get((k, workload), {}).get("p99_ms", 0) for k in keys]
+        colours = ["tab:green" if k == "c" else ("tab:gray" if k == "g" else None) for k in keys]
+        bars = left.bar(xs, rps, width, label=WORKLOADS[workload],
+                        alpha=1.0 if index == 0 else 0.6)
+        right.bar(xs, p99, width, label=WORKLOADS[workload], alpha=1.0 if index == 0 else 0.6)
+        for bar, colour in zip(bars, colours, strict=True):
+            if colour:
+                bar.set_edgecolor("black")
+                bar.set_linewidth(1.5)
+    for axis, title in ((left, "throughput (req/s, median)"), (right, "p99 latency (ms, median)")):
+        axis.set_xticks([n + width * (len(workloads) - 1) / 2 for n in range(len(keys))], keys)
+        axis.set_title(title)
+        axis.legend()
+        axis.grid(axis="y", alpha=0.3)
+    rtt = results["plan"]["rtt_ms"]
+    figure.suptitle("djpool (c) vs no pooling (a), persistent (b), PgBouncer (d), Django pool "
+                    f"(e), django-db-connection-pool (f), ceiling (g)"
+                    + (f"; RTT +{rtt:g} ms" if rtt else "; loopback"), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def update_docs(results: dict[str, Any], doc: Path, docs_dir: Path) -> None:
+    """Put the generated sections between the markers of docs/benchmark.md; copy the chart."""
+    docs_dir.mkdir(exist_ok=True)
+    rtt = results["plan"]["rtt_ms"]
+    chart_name = f"benchmark-rtt{rtt:g}ms.png" if rtt else "benchmark.png"
+    chart(results, docs_dir / chart_name)
+    block = "\n".join([
+        START_MARK,
+        f"_Generated by `{results['command']}` in {results['elapsed_s']:.0f} s; "
+        "edit outside the markers._\n",
+        f"![req/s and p99 per setup]({chart_name})\n",
+        render(results),
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()
+                                if k != "load_at_start")
+        + f"; load average at start {results['machine']['load_at_start'][0]:.2f}.\n",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + f"; server TimeZone {results.get('server_timezone')}.\n",
+        END_MARK,
+    ])
+    text = doc.read_text() if doc.exists() else f"# Benchmark\n\n{START_MARK}\n{END_MARK}\n"
+    if START_MARK not in text or END_MARK not in text:
+        text += f"\n{START_MARK}\n{END_MARK}\n"
+    head, _, rest = text.partition(START_MARK)
+    _, _, tail = rest.partition(END_MARK)
+    doc.write_text(head + block + tail)
+
+
+def main(argv: list[str]) -> int:
+    """Re-render a saved run: python bench/report.py [bench/out/results.json] [--docs]."""
+    paths = [arg for arg in argv if not arg.startswith("--")]
+    source = Path(paths[0]) if paths else Path(__file__).resolve().parent / "out" / "results.json"
+    results = json.loads(source.read_text())
+    print(render(results))
+    if "--docs" in argv:
+        repo = Path(__file__).resolve().parents[1]
+        update_docs(results, repo / "docs" / "benchmark.md", repo / "docs")
+    return 0
+
+
+if __name__ == "__main__":
+    shutil.get_terminal_size()
+    sys.exit(main(sys.argv[1:]))

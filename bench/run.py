@@ -1,0 +1,369 @@
+"""``make bench``: djpool against every alternative, side by side, in one run.
+
+The same sample app (tests/app) under gunicorn gthread, the same local
+PostgreSQL set up like Heroku Postgres (TLS only, scram-sha-256), driven by
+wrk on 127.0.0.1. Every setup's app server runs for the whole benchmark (each
+on a database of its own), and the measured runs are interleaved: round 1
+runs every setup once per workload, round 2 again in a rotated order, and so
+on; the figures are medians over rounds. Then the connection-budget
+scenario: a server with max_connections=20 and an app with more threads than
+that. Timings are printed, never asserted.
+
+    .venv/bench/bin/python bench/run.py            # the full run (about 8 minutes)
+    .venv/bench/bin/python bench/run.py --quick    # 1 short round, to try things
+    .venv/bench/bin/python bench/run.py --rtt 1    # database 1 ms away (delay proxy)
+    .venv/bench/bin/python bench/run.py --docs     # also rewrite docs/benchmark.md's tables
+
+Results go to bench/out/ (JSON and the chart); --docs also updates
+docs/benchmark.md (between its result markers) and docs/benchmark.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import (
+    APP_DIR,
+    BenchApp,
+    ConnectionSampler,
+    DelayProxyProcess,
+    PgBouncer,
+    PostgresServer,
+    app_env,
+    bench_python,
+    machine,
+    measure_rtt_ms,
+    run_wrk,
+    versions,
+)
+from setups import WORKLOADS, Setup, select
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+APP_ROLE = "app"
+SEEDED_ITEMS = 1000
+
+
+@dataclass
+class Plan:
+    """How long and how hard: the knobs of one run."""
+
+    seconds: float
+    warmup: float
+    rounds: int
+    workers: int
+    threads: int
+    connections: int
+    budget_seconds: float
+    budget_max_connections: int
+    budget_workers: int
+    budget_threads: int
+    budget_connections: int
+    rtt_ms: float
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    quick = args.quick
+    return Plan(
+        seconds=args.seconds or (2.0 if quick else 5.0),
+        warmup=args.warmup if args.warmup is not None else 1.0,
+        rounds=args.rounds or (1 if quick else 3),
+        workers=2,
+        threads=4,
+        connections=args.connections,
+        budget_seconds=2.0 if quick else 5.0,
+        budget_max_connections=20,
+        budget_workers=3,
+        budget_threads=8,
+        budget_connections=24,
+        rtt_ms=args.rtt,
+    )
+
+
+# -- one environment: server (+ proxy) + databases ---------------------------------
+
+
+class Stage:
+    """A PostgreSQL with one database per setup, optionally behind the delay proxy."""
+
+    def __init__(self, max_connections: int, rtt_ms: float) -> None:
+        self.server = PostgresServer(max_connections=max_connections)
+        self.rtt_ms = rtt_ms
+        self.proxy: DelayProxyProcess | None = None
+        self.password = secrets.token_urlsafe(18)
+        self.measured_rtt_ms: float | None = None
+
+    def start(self, setups: list[Setup]) -> Stage:
+        self.server.start()
+        self.server.create_role(APP_ROLE, self.password, createdb=True)
+        self.server.create_database("bench_template", owner=APP_ROLE)
+        env = {"DATABASE_URL": self.server.url("bench_template", APP_ROLE, sslmode="require")}
+        for command in (["migrate", "--no-input"], ["seed_items", str(SEEDED_ITEMS)]):
+            done = subprocess.run(
+                [str(bench_python()), str(APP_DIR / "manage.py"), *command], cwd=APP_DIR,
+                env=_clean_env(app_env(env, shim=False)), capture_output=True, text=True,
+                timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"manage.py {' '.join(command)} failed:\n"
+                                   f"{done.stdout}\n{done.stderr}")
+        self.server.close_admin_connections()
+        for setup in setups:
+            self.server.query(f'CREATE DATABASE "{setup.database}" TEMPLATE bench_template '
+                              f'OWNER "{APP_ROLE}"')
+        if self.rtt_ms > 0:
+            self.proxy = DelayProxyProcess(self.server.host, self.server.port,
+                                           self.rtt_ms).start()
+            self.measured_rtt_ms = measure_rtt_ms("127.0.0.1", self.proxy.port)
+        return self
+
+    @property
+    def db_port(self) -> int:
+        """Where apps and PgBouncer reach the database: the proxy if there is one."""
+        return self.proxy.port if self.proxy else int(self.server.port or 0)
+
+    def direct_url(self, setup: Setup) -> str:
+        return self.server.url(setup.database, APP_ROLE, port=self.db_port,
+                               sslmode="require", application_name=f"bench-{setup.key}")
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.server.close()
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    keep = {key: value for key, value in os.environ.items()
+            if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG"))
+            and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE",
+                            "VIRTUAL_ENV")}
+    return {**keep, **extra}
+
+
+class Deployment:
+    """One setup's app server (and its PgBouncer) on a stage."""
+
+    def __init__(self, stage: Stage, setup: Setup, workers: int, threads: int,
+                 pool_budget: int) -> None:
+        self.stage = stage
+        self.setup = setup
+        self.bouncer: PgBouncer | None = None
+        if setup.pgbouncer:
+            self.bouncer = PgBouncer(
+                server_host=stage.server.host, server_port=stage.db_port,
+                databases={"db1": setup.database}, user=APP_ROLE, password=stage.password,
+                pool_mode=setup.pgbouncer, default_pool_size=pool_budget)
+        self.app = BenchApp(env={}, shim=setup.shim, workers=workers, threads=threads,
+                            start_timeout=90)
+        self.workers = workers
+
+    def start(self) -> Deployment:
+        if self.bouncer is not None:
+            self.bouncer.start()
+            url = self.bouncer.url("db1")
+        else:
+            url = self.stage.direct_url(self.setup)
+        self.app.env = app_env({"DATABASE_URL": url, **self.setup.env}, shim=self.setup.shim)
+        self.app.start()
+        return self
+
+    def url(self, path: str) -> str:
+        return self.app.base_url + path
+
+    def stop(self) -> None:
+        self.app.stop()
+        if self.bouncer is not None:
+            self.bouncer.stop()
+
+
+# -- measuring -----------------------------------------------------------------------
+
+
+def measure(stage: Stage, sampler: ConnectionSampler, deployment: Deployment, path: str,
+            seconds: float, warmup: float, connections: int) -> dict[str, Any]:
+    """One measured wrk run after a short warm-up; what wrk and the server saw."""
+    url = deployment.url(path)
+    if warmup > 0:
+        run_wrk(url, warmup, connections)
+    database = deployment.setup.database
+    opened_before = stage.server.connections_opened(database=database)
+    sampler.reset()
+    result = run_wrk(url, seconds, connections)
+    peak = sampler.peak(database)
+    opened = stage.server.connections_opened(database=database) - opened_before
+    return {
+        "rps": result.rps, "p50_ms": result.p50_us / 1000, "p90_ms": result.p90_us / 1000,
+        "p99_ms": result.p99_us / 1000, "requests": result.requests, "errors": result.errors,
+        "status_errors": result.status, "socket_errors": result.errors - result.status,
+        "peak_connections": peak, "connections_opened": opened,
+    }
+
+
+def run_main(plan: Plan, setups: list[Setup], workloads: list[str]) -> dict[str, Any]:
+    """Every setup up at once; rounds of interleaved measured runs."""
+    stage = Stage(max_connections=200, rtt_ms=plan.rtt_ms).start(setups)
+    deployments: list[Deployment] = []
+    runs: list[dict[str, Any]] = []
+    try:
+        for setup in setups:
+            print(f"       starting {setup.key}: {setup.label}", flush=True)
+            deployments.append(Deployment(stage, setup, plan.workers, plan.threads,
+                                          pool_budget=plan.workers * 5).start())
+        with ConnectionSampler(stage.server) as sampler:
+            for round_number in range(plan.rounds):
+                shift = round_number % len(deployments)
+                order = deployments[shift:] + deployments[:shift]
+                if round_number % 2:
+                    order.reverse()
+                for workload in workloads:
+                    for deployment in order:
+                        figures = measure(stage, sampler, deployment, WORKLOADS[workload],
+                                          plan.seconds, plan.warmup, plan.connections)
+                        figures.update(setup=deployment.setup.key, workload=workload,
+                                       round=round_number + 1)
+                        runs.append(figures)
+                        print(f"       round {round_number + 1} {workload:6} "
+                              f"{deployment.setup.key:6} {figures['rps']:8.1f} req/s  "
+                              f"p99 {figures['p99_ms']:7.2f} ms  errors {figures['errors']}"
+                              f"  peak conns {figures['peak_connections']}"
+                              f"  opened {figures['connections_opened']}", flush=True)
+        found_versions = versions(stage.server)
+        timezone = stage.server.query("SHOW TimeZone")[0][0]
+        return {"runs": runs, "versions": found_versions, "server_timezone": timezone,
+                "measured_rtt_ms": stage.measured_rtt_ms}
+    finally:
+        for deployment in deployments:
+            deployment.stop()
+        stage.close()
+
+
+def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
+    """max_connections=20 (3 reserved for superusers), 3 workers x 8 threads; one setup at a time."""
+    stage = Stage(max_connections=plan.budget_max_connections, rtt_ms=plan.rtt_ms).start(setups)
+    results = []
+    try:
+        with ConnectionSampler(stage.server) as sampler:
+            for setup in setups:
+                deployment = Deployment(stage, setup, plan.budget_workers, plan.budget_threads,
+                                        pool_budget=plan.budget_workers * 5)
+                try:
+                    deployment.start()
+                    figures = measure(stage, sampler, deployment, WORKLOADS["items"],
+                                      plan.budget_seconds, plan.warmup,
+                                      plan.budget_connections)
+                    figures["log_lines"] = _error_lines(deployment.app.log_text())
+                except Exception as error:  # noqa: BLE001 - a setup that cannot start is a result
+                    figures = {"failed": f"{type(error).__name__}: {error}"[:400]}
+                finally:
+                    deployment.stop()
+                figures["setup"] = setup.key
+                results.append(figures)
+                print(f"       budget {setup.key:6} "
+                      + (f"{figures['rps']:8.1f} req/s  errors {figures['errors']}"
+                         f" of {figures['requests'] + figures['socket_errors']}"
+                         f"  peak conns {figures['peak_connections']}"
+                         if "rps" in figures else figures["failed"]), flush=True)
+    finally:
+        stage.close()
+    return results
+
+
+def _error_lines(log: str, limit: int = 3) -> list[str]:
+    """The first distinct error messages the app logged (for the budget table)."""
+    seen: list[str] = []
+    for line in log.splitlines():
+        if ("Error" in line or "FATAL" in line) and not line.startswith((" ", "Traceback")):
+            text = line.strip()[:200]
+            if text not in seen:
+                seen.append(text)
+            if len(seen) >= limit:
+                break
+    return seen
+
+
+def run_startup(quick: bool) -> dict[str, Any] | None:
+    """bench/startup.py in the bench venv; its JSON summary."""
+    command = [str(bench_python()), str(BENCH_DIR / "startup.py"), "--json"]
+    if quick:
+        command.append("--quick")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    sys.stdout.write(done.stderr)
+    if done.returncode != 0:
+        print(f" !     bench/startup.py failed ({done.returncode}):\n{done.stdout}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description="djpool's benchmark (see bench/run.py)")
+    parser.add_argument("--quick", action="store_true", help="one short round, to try things")
+    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                        help="route database traffic through a proxy adding MS ms per round trip")
+    parser.add_argument("--seconds", type=float, default=0.0, help="length of a measured run")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up before each run")
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
+    parser.add_argument("--setups", default="", help="comma-separated subset, e.g. a,c,g")
+    parser.add_argument("--workloads", default="items,items3")
+    parser.add_argument("--no-budget", action="store_true", help="skip the connection budget")
+    parser.add_argument("--no-startup", action="store_true", help="skip bench/startup.py")
+    parser.add_argument("--docs", action="store_true",
+                        help="rewrite docs/benchmark.md's result sections and docs/benchmark.png")
+    args = parser.parse_args(argv)
+
+    import report
+
+    plan = make_plan(args)
+    setups = select(args.setups)
+    workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    command = "make bench" if not argv else "make bench BENCH_ARGS=" + shlex.quote(" ".join(argv))
+    started = time.monotonic()
+    print("-----> Machine: " + json.dumps(machine()), flush=True)
+    print(f"-----> Side by side: {len(setups)} setups x {len(workloads)} workloads x "
+          f"{plan.rounds} rounds of {plan.seconds:g} s (+{plan.warmup:g} s warm-up), "
+          f"gunicorn gthread {plan.workers}x{plan.threads}, wrk -c {plan.connections}"
+          + (f", database RTT +{plan.rtt_ms:g} ms" if plan.rtt_ms else ""), flush=True)
+    main_results = run_main(plan, setups, workloads)
+    budget = []
+    if not args.no_budget:
+        print(f"-----> Connection budget: max_connections={plan.budget_max_connections}, "
+              f"gunicorn {plan.budget_workers}x{plan.budget_threads}, "
+              f"wrk -c {plan.budget_connections}", flush=True)
+        budget = run_budget(plan, setups)
+    startup = None
+    if not args.no_startup:
+        print("-----> Startup and per-request overhead (bench/startup.py)", flush=True)
+        startup = run_startup(args.quick)
+    results = {
+        "command": command, "plan": asdict(plan), "machine": machine(),
+        "setups": {setup.key: setup.label for setup in setups},
+        "budget": budget, "startup": startup,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        **main_results,
+    }
+    OUT_DIR.mkdir(exist_ok=True)
+    (OUT_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    text = report.render(results)
+    print()
+    print(text)
+    report.chart(results, OUT_DIR / "benchmark.png")
+    if args.docs:
+        report.update_docs(results, REPO / "docs" / "benchmark.md", REPO / "docs")
+    print(f"\n-----> Done in {results['elapsed_s']:.0f} s; results in "
+          f"{(OUT_DIR / 'results.json').relative_to(REPO)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs what `make bench` needs on top of tests/setup_env.sh (which brings
+# PostgreSQL, openssl and uv): wrk and pgbouncer from Debian when missing, and
+# the bench venv .venv/bench from bench/requirements.txt with uv. Does nothing
+# that is already done; a venv is rebuilt when its requirement list changes.
+set -eu -o pipefail -o errtrace
+shopt -s inherit_errexit
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${REPO}/.venv/bench"
+REQUIREMENTS="${REPO}/bench/requirements.txt"
+STAMP="${VENV}/.djpool-requirements.sha256"
+
+export UV_PYTHON_DOWNLOADS=never
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+output::step() { echo "-----> $*"; }
+output::detail() { echo "       $*"; }
+output::error() {
+	{
+		echo
+		local line
+		while IFS= read -r line; do echo " !     ${line}"; done <<<"$1"
+		echo
+	} >&2
+}
+
+setup::on_error() {
+	output::error "bench/setup.sh failed at line $1 (exit status $2).
+Fix the error above and run it again: bash bench/setup.sh"
+}
+trap 'setup::on_error "${LINENO}" "$?"' ERR
+
+system::as_root() {
+	if [[ "$(id -u)" == 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		output::error "Installing Debian packages needs root, and sudo is not installed.
+Run as root: apt-get update && apt-get install -y $*"
+		return 1
+	fi
+}
+
+system::ensure_packages() {
+	local missing=()
+	command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+	[[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
+	if ((${#missing[@]} == 0)); then
+		output::step "Debian packages for the benchmark: all there"
+		return 0
+	fi
+	output::step "Installing Debian packages: ${missing[*]}"
+	system::as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	system::as_root env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# The package starts a system-wide pgbouncer where systemd runs; the
+	# benchmark starts its own on a free port, so that one is left alone.
+}
+
+uv::find() {
+	if command -v uv >/dev/null 2>&1; then
+		command -v uv
+	elif [[ -x "${REPO}/.venv/bootstrap/bin/uv" ]]; then
+		echo "${REPO}/.venv/bootstrap/bin/uv"
+	else
+		output::error "uv is missing: tests/setup_env.sh installs it (run: make setup)"
+		return 1
+	fi
+}
+
+venv::ensure() {
+	local uv python want
+	uv="$(uv::find)"
+	python="$(python3 -c 'import sys; print(sys.executable)')"
+	want="$(
+		cat "${REQUIREMENTS}"
+		echo "${python}"
+		"${python}" -c 'import sys; print(sys.version)'
+	)"
+	want="$(sha256sum <<<"${want}" | cut -d ' ' -f 1)"
+	if [[ -x "${VENV}/bin/python" && -f "${STAMP}" && "$(<"${STAMP}")" == "${want}" ]]; then
+		output::step "Bench venv .venv/bench: complete"
+		return 0
+	fi
+	output::step "Bench venv .venv/bench: installing bench/requirements.txt"
+	rm -rf "${VENV}"
+	"${uv}" venv --quiet --python "${python}" "${VENV}"
+	"${uv}" pip install --quiet --python "${VENV}/bin/python" -r "${REQUIREMENTS}"
+	echo "${want}" >"${STAMP}"
+}
+
+main() {
+	system::ensure_packages
+	venv::ensure
+}
+
+main "$@"
