@@ -1,11 +1,12 @@
 """Settings of the sample app, written the way a Heroku user writes them.
 
 Everything that differs between deployments comes from the environment:
-DATABASE_URL (through dj-database-url), and for the tests APP_CONN_MAX_AGE
-and APP_CONN_HEALTH_CHECKS, which stand for the CONN_MAX_AGE and
-CONN_HEALTH_CHECKS a user might have set. There is nothing about djpool here.
+DATABASE_URL (through dj-database-url), and for the tests APP_CONN_MAX_AGE,
+APP_CONN_HEALTH_CHECKS and APP_DB_OPTIONS, which stand for the CONN_MAX_AGE,
+CONN_HEALTH_CHECKS and OPTIONS a user might have set. There is nothing about djpool here.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -28,6 +29,9 @@ DATABASES = {
         conn_health_checks=os.environ.get("APP_CONN_HEALTH_CHECKS") == "1",
     )
 }
+# APP_DB_OPTIONS (JSON) stands for OPTIONS a user writes in the settings, e.g. TLS files.
+if os.environ.get("APP_DB_OPTIONS"):
+    DATABASES["default"].setdefault("OPTIONS", {}).update(json.loads(os.environ["APP_DB_OPTIONS"]))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 USE_TZ = True

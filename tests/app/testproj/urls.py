@@ -1,6 +1,6 @@
 from django.urls import path
 
-from core import views
+from core import faultviews, views
 
 urlpatterns = [
     path("health/", views.health),
@@ -13,4 +13,6 @@ urlpatterns = [
     path("slow/", views.slow),
     path("items/", views.items),
     path("items3/", views.items3),
+    path("pool/", faultviews.pool),
+    path("pause-in-atomic/", faultviews.pause_in_atomic),
 ]
