@@ -71,8 +71,8 @@ def start_app(request: pytest.FixtureRequest, pg: PostgresServer, migrated: None
 
     def start(stack: str = stacks.DEFAULT_STACK, env: dict[str, str] | None = None,
               **options) -> AppServer:
-        server = AppServer(stack, {"DATABASE_URL": database_url, **(env or {})},
-                           log_dir=tmp_path, **options)
+        options.setdefault("log_dir", tmp_path)
+        server = AppServer(stack, {"DATABASE_URL": database_url, **(env or {})}, **options)
         started.append(server)
         return server.start()
 

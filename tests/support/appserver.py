@@ -43,6 +43,7 @@ class AppServer:
         stack: the stack whose gunicorn and Python serve the app.
         env: the dyno's config vars (DATABASE_URL, POOL_*, APP_*).
         shim: put ``<repo>/shim`` on PYTHONPATH (default True).
+        pythonpath: more PYTHONPATH entries, after the shim (e.g. an app's sitecustomize).
         worker_class: gunicorn's --worker-class (default "gthread").
         workers, threads: gunicorn's --workers and --threads (threads only for gthread).
         preload: pass --preload (load the app in the master, then fork the workers).
@@ -58,6 +59,7 @@ class AppServer:
         env: Mapping[str, str] | None = None,
         *,
         shim: bool = True,
+        pythonpath: Sequence[str | os.PathLike[str]] = (),
         worker_class: str = "gthread",
         workers: int = 1,
         threads: int = 4,
@@ -70,6 +72,7 @@ class AppServer:
         self.stack = stack
         self.env = dict(env or {})
         self.shim = shim
+        self.pythonpath = list(pythonpath)
         self.worker_class = worker_class
         self.workers = workers
         self.threads = threads
@@ -113,6 +116,10 @@ class AppServer:
             args.append("--preload")
         return args + self.extra_args
 
+    def process_env(self) -> dict[str, str]:
+        """The environment gunicorn starts with."""
+        return stack_env(self.env, shim=self.shim, pythonpath=self.pythonpath)
+
     def start(self) -> AppServer:
         """Start gunicorn and wait until /health/ answers and every worker has booted."""
         if self.process is not None:
@@ -123,7 +130,7 @@ class AppServer:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
-                    self.command(), cwd=APP_DIR, env=stack_env(self.env, shim=self.shim),
+                    self.command(), cwd=APP_DIR, env=self.process_env(),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stop() kills workers too
                 )

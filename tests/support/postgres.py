@@ -132,6 +132,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def _default_parent_dir(other_user: bool) -> str:
+    """The system's temporary directory, or /tmp if it will not do for the server.
+
+    The unix socket's path must stay short (about 100 bytes), and a server
+    running as another user must be able to reach its directory.
+    """
+    default = tempfile.gettempdir()
+    if len(default) > 60:
+        return "/tmp"
+    if other_user:
+        path = Path(default)
+        for directory in (path, *path.parents):
+            if not directory.stat().st_mode & 0o001:
+                return "/tmp"
+    return default
+
+
 def _server_os_user() -> pwd.struct_passwd | None:
     """The account the server runs as when we are root (None: run as ourselves)."""
     if os.geteuid() != 0:
@@ -530,7 +547,8 @@ class PostgresServer:
         self._give_to_server(path, mode)
 
     def _create(self) -> None:
-        base = Path(tempfile.mkdtemp(prefix="djpool-pg-", dir=self._parent_dir))
+        parent = self._parent_dir or _default_parent_dir(self._os_user is not None)
+        base = Path(tempfile.mkdtemp(prefix="djpool-pg-", dir=parent))
         self.base_dir = base
         atexit.register(self.close)
         self._give_to_server(base, 0o755)

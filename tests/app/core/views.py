@@ -56,11 +56,10 @@ def _transaction_status() -> str:
     raw = connection.connection
     if raw is None:
         return "CLOSED"
-    info = getattr(raw, "info", None)
-    if info is not None and hasattr(info, "transaction_status"):  # psycopg 3
-        return info.transaction_status.name
-    names = {0: "IDLE", 1: "ACTIVE", 2: "INTRANS", 3: "INERROR", 4: "UNKNOWN"}  # psycopg2
-    return names.get(raw.get_transaction_status(), "UNKNOWN")
+    status = raw.info.transaction_status  # psycopg 3: an enum; psycopg2: an int
+    if hasattr(status, "name"):
+        return status.name
+    return {0: "IDLE", 1: "ACTIVE", 2: "INTRANS", 3: "INERROR"}.get(status, "UNKNOWN")
 
 
 def health(request):
@@ -114,7 +113,7 @@ def sql(request):
             {
                 "error": type(error).__name__,
                 "driver_error": type(cause).__name__ if cause is not None else None,
-                "message": str(error),
+                "message": str(error).strip(),
                 "pid": backend_pid,
             },
             status=500,
