@@ -14,8 +14,10 @@ PYTHONPATH unless ``shim=False``.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -49,7 +51,7 @@ class AppServer:
         preload: pass --preload (load the app in the master, then fork the workers).
         extra_args: more gunicorn arguments.
         port: a fixed port; by default a free one.
-        log_dir: where the log file goes (default: a new temporary directory).
+        log_dir: where the log file goes (default: a temporary directory removed at exit).
         start_timeout: seconds to wait for /health/ to answer (and every worker to boot).
     """
 
@@ -80,7 +82,10 @@ class AppServer:
         self.extra_args = list(extra_args)
         self.port = port
         self._fixed_port = port is not None
-        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="djpool-app-"))
+        if log_dir is None:
+            log_dir = tempfile.mkdtemp(prefix="djpool-app-")
+            atexit.register(shutil.rmtree, log_dir, True)  # readable until the run ends
+        self.log_dir = Path(log_dir)
         self.start_timeout = start_timeout
         self.log_path = self.log_dir / f"gunicorn-{stack}-{os.getpid()}-{id(self):x}.log"
         self.process: subprocess.Popen[bytes] | None = None
