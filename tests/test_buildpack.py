@@ -12,6 +12,7 @@ real HTTP show.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -188,6 +189,19 @@ def test_release_prints_valid_yaml(base_app: HerokuApp) -> None:
     assert yaml.safe_load(base_app.builds[-1].release_yaml) == {}
 
 
+def test_app_json_describes_a_deployable_pooled_app() -> None:
+    manifest = json.loads((REPO / "app.json").read_text())
+    buildpacks = [entry["url"] for entry in manifest["buildpacks"]]
+    assert buildpacks[0] == "heroku/python" and len(buildpacks) == 2
+    assert buildpacks[1].startswith("https://")
+    assert {"plan": "heroku-postgresql", "as": "DATABASE"} in manifest["addons"]
+    assert manifest["env"]["POOL_SIZE"]["description"]
+    assert manifest["env"]["POOL_SIZE"]["value"] == "5"
+    test = manifest["environments"]["test"]
+    assert any(addon.startswith("heroku-postgresql") for addon in test["addons"])
+    assert test["scripts"]["test"]
+
+
 # -- the build ------------------------------------------------------------------------
 
 
@@ -255,6 +269,22 @@ def test_recompile_with_a_warm_cache_downloads_nothing(base_app: HerokuApp,
     assert done.returncode == 0, done.stderr
     runtime = app.runtime_dir
     assert done.stdout.split() == [f"{runtime}/.djpool/shim:{runtime}", "2.1.9"]
+
+
+def test_heroku_ci_build_in_the_app_dir_itself(base_app: HerokuApp, heroku_dir: Path,
+                                              database_url: str) -> None:
+    """Heroku CI builds in /app, so there the build dir is the runtime dir."""
+    app = HerokuApp(sources(), heroku_dir / "ci", BASE_CONFIG, cache_dir=base_app.cache_dir)
+    build = app.build(in_place=True)
+    assert build.ok, build.log
+    assert build.build_dir == app.runtime_dir
+    code = ("from django.db import connection\n"
+            "with connection.cursor() as c: c.execute('SELECT 1')\n"
+            "from djpool import startup\n"
+            "print('patched', startup.registry() is not None)")
+    done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    assert last_line(done.stdout) == "patched True"
 
 
 def test_cold_cache_with_no_index_reachable_fails_clearly(heroku_dir: Path) -> None:

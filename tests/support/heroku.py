@@ -125,8 +125,9 @@ class PythonBuildpack:
             return False, "\n".join(log) + "\n"
         python_home = runtime_dir / ".heroku" / "python"
         (build_dir / ".heroku" / "python").mkdir(parents=True)
-        python_home.parent.mkdir(parents=True, exist_ok=True)
-        python_home.symlink_to(build_dir / ".heroku" / "python")
+        if build_dir != runtime_dir:  # Heroku CI builds in /app itself: no symlink then
+            python_home.parent.mkdir(parents=True, exist_ok=True)
+            python_home.symlink_to(build_dir / ".heroku" / "python")
         uv_env = {**env, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
         steps = [
             ("Installing Python (a virtualenv at the runtime path)",
@@ -204,36 +205,38 @@ class HerokuApp:
     # -- build -----------------------------------------------------------------
 
     def build(self, *, compile_env: Mapping[str, str] | None = None, compile_runs: int = 1,
-              timeout: float = 600) -> BuildResult:
+              in_place: bool = False, timeout: float = 600) -> BuildResult:
         """Build the source with heroku/python (stand-in) then this buildpack.
 
-        ``compile_env`` adds variables to bin/compile's environment only (for
-        example a PIP_INDEX_URL that leads nowhere, to show nothing is downloaded).
-        ``compile_runs=2`` runs bin/compile twice on the same build dir.
+        compile_env: variables for bin/compile's environment only (for example
+            a PIP_INDEX_URL that leads nowhere, to show nothing is downloaded).
+        compile_runs: 2 runs bin/compile twice on the same build dir.
+        in_place: build in the runtime dir itself, as Heroku CI builds in /app.
         """
+        previous = self.workdir / "app.previous"
+        shutil.rmtree(previous, ignore_errors=True)
+        if self.runtime_dir.exists():
+            self.runtime_dir.rename(previous)  # put back if the build fails
+        self.runtime_dir.mkdir()
         build_dir = self.workdir / f"build_{secrets.token_hex(10)}"
+        if in_place:
+            build_dir = self.runtime_dir
         env_dir = self.workdir / f"env_{secrets.token_hex(4)}"
         export_path = self.workdir / "heroku-python-export"
-        previous = self.workdir / "app.previous"
+        export_path.write_text("")
         self._copy_source(build_dir)
         self._write_env_dir(env_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(previous, ignore_errors=True)
-        if self.runtime_dir.exists():
-            self.runtime_dir.rename(previous)  # restored if the build fails
-        self.runtime_dir.mkdir()
         env = self.build_env()
         stdout: list[str] = []
         stderr: list[str] = []
         release_yaml = None
-        ok = False
         try:
-            export_path.write_text("")
             if self.python_buildpack is not None:
-                ok, log = self.python_buildpack.compile(build_dir, self.runtime_dir,
-                                                        export_path, env)
+                python_ok, log = self.python_buildpack.compile(build_dir, self.runtime_dir,
+                                                               export_path, env)
                 stdout.append(log)
-                if not ok:
+                if not python_ok:
                     return self._finish(False, stdout, stderr, build_dir, None, previous)
             compile_step = ("compile", [str(build_dir), str(self.cache_dir), str(env_dir)],
                             dict(compile_env or {}))
@@ -256,12 +259,9 @@ class HerokuApp:
                 if done.returncode != 0:
                     stderr.append(f"bin/{name} exited with status {done.returncode}\n")
                     return self._finish(False, stdout, stderr, build_dir, release_yaml, previous)
-            ok = True
             return self._finish(True, stdout, stderr, build_dir, release_yaml, previous)
         finally:
             shutil.rmtree(env_dir, ignore_errors=True)
-            if not ok and build_dir.exists():
-                shutil.rmtree(build_dir, ignore_errors=True)
 
     def build_env(self) -> dict[str, str]:
         """bin/compile's environment: this machine's (network settings), HOME the runtime dir."""
@@ -279,7 +279,7 @@ class HerokuApp:
         return env
 
     def _copy_source(self, build_dir: Path) -> None:
-        build_dir.mkdir(parents=True)
+        build_dir.mkdir(parents=True, exist_ok=True)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".venv")
         for source in self.sources:
             shutil.copytree(source, build_dir, dirs_exist_ok=True, ignore=ignore)
@@ -291,11 +291,16 @@ class HerokuApp:
 
     def _finish(self, ok: bool, stdout: list[str], stderr: list[str], build_dir: Path,
                 release_yaml: str | None, previous: Path) -> BuildResult:
+        """Release the slug (the build dir becomes the runtime dir), or put the last one back."""
+        in_place = build_dir == self.runtime_dir
         if ok:
-            shutil.rmtree(self.runtime_dir)  # only the .heroku/python symlink is there
-            build_dir.rename(self.runtime_dir)
+            if not in_place:
+                shutil.rmtree(self.runtime_dir)  # only the .heroku/python symlink is there
+                build_dir.rename(self.runtime_dir)
             shutil.rmtree(previous, ignore_errors=True)
         else:
+            if not in_place:
+                shutil.rmtree(build_dir, ignore_errors=True)
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
             if previous.exists():
                 previous.rename(self.runtime_dir)
