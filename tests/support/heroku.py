@@ -28,8 +28,8 @@ Standard library only. From the command line (``python tests/support/heroku.py
 --help``)::
 
     python tests/support/heroku.py build WORKDIR APP_DIR [APP_DIR...] --config K=V ...
-    python tests/support/heroku.py run WORKDIR -- python manage.py shell -c "..."
-    python tests/support/heroku.py start WORKDIR web     # until Ctrl-C
+    python tests/support/heroku.py run -e DATABASE_URL=... WORKDIR -- python manage.py migrate
+    python tests/support/heroku.py start -e DATABASE_URL=... WORKDIR web   # until Ctrl-C
 """
 
 from __future__ import annotations
@@ -494,10 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--config", action="append", default=[], metavar="NAME=VALUE")
     run = commands.add_parser("run", help="a one-off dyno: run a command in the released app")
     run.add_argument("workdir", type=Path)
+    run.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE",
+                     help="a config var for this dyno only (e.g. DATABASE_URL)")
     run.add_argument("argv", nargs=argparse.REMAINDER)
     start = commands.add_parser("start", help="boot a Procfile process until Ctrl-C")
     start.add_argument("workdir", type=Path)
     start.add_argument("process_type", nargs="?", default="web")
+    start.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args(argv)
 
     if args.command == "build":
@@ -510,13 +513,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(result.stderr)
         return 0 if result.ok else 1
     app = _load(args.workdir.resolve())
+    env = dict(item.split("=", 1) for item in args.env)
     if args.command == "run":
         argv_ = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-        done = app.run(shlex.join(argv_))
+        done = app.run(shlex.join(argv_), env=env)
         sys.stdout.write(done.stdout)
         sys.stderr.write(done.stderr)
         return done.returncode
-    dyno = app.start(args.process_type)
+    dyno = app.start(args.process_type, env=env)
     print(f"{dyno.name} is up at {dyno.url} (log: {dyno.log_path}); Ctrl-C stops it", flush=True)
     try:
         while dyno.process is not None and dyno.process.poll() is None:
