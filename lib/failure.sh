@@ -46,6 +46,6 @@ function failure::on_unhandled_error() {
 		  heroku buildpacks:remove <this buildpack's URL>
 
 		Stack trace:
-		${stack}
+		${stack%$'\n'}
 	EOF
 }
