@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from djpool.log import logger
+
 TRANSACTION_IDLE = 0  # libpq PQTRANS_IDLE, the same number in psycopg2 and psycopg 3
 
 
@@ -40,8 +42,16 @@ def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = N
 
     SQLAlchemy 2.x passes the driver connection and a reset state; 1.4 passes
     its proxy and no state, so unwrap it (setting autocommit on the proxy
-    would not reach the driver).
+    would not reach the driver). A connection that cannot be cleaned is
+    invalidated (closed; the pool opens a new one when needed) with one
+    warning, instead of SQLAlchemy's traceback for every failed reset.
     """
     if reset_state is not None and reset_state.terminate_only:
         return  # the connection is being closed anyway
-    clean(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+    try:
+        clean(getattr(dbapi_connection, "dbapi_connection", dbapi_connection))
+    except Exception as error:  # noqa: BLE001 - whatever failed, never reuse it
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        logger.warning("djpool: discarded a pooled connection whose reset failed (%s: %s)",
+                       type(error).__name__, reason)
+        connection_record.invalidate(error)
