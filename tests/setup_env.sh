@@ -15,6 +15,12 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENVS="${REPO}/.venv"
 REQUIREMENTS="${REPO}/tests/requirements"
 STACKS=(dj52-psycopg3 dj52-psycopg2 dj42-psycopg3 dj42-psycopg2)
+# Venvs with more than a stack has, each for its own tests, also under .venv/stacks/:
+# Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py).
+EXTRA_VENVS=(
+	djsuite-dj52-psycopg3 djsuite-dj52-psycopg2 djsuite-dj42-psycopg3 djsuite-dj42-psycopg2
+	workers-dj52-psycopg3 workers-dj52-psycopg2
+)
 STAMP_NAME=".djpool-requirements.sha256"
 
 export UV_PYTHON_DOWNLOADS=never   # use this machine's python3, never fetch one
@@ -132,7 +138,7 @@ main() {
 	output::step "Virtualenvs under .venv/ (Python $("${PYTHON}" -c 'import platform; print(platform.python_version())'))"
 	venv::ensure "${VENVS}/test" "${REQUIREMENTS}/test.txt"
 	local stack
-	for stack in "${STACKS[@]}"; do
+	for stack in "${STACKS[@]}" "${EXTRA_VENVS[@]}"; do
 		venv::ensure "${VENVS}/stacks/${stack}" "${REQUIREMENTS}/${stack}.txt"
 	done
 }

@@ -22,6 +22,12 @@ STACKS_DIR = REPO / ".venv" / "stacks"
 
 STACKS: tuple[str, ...] = ("dj52-psycopg3", "dj52-psycopg2", "dj42-psycopg3", "dj42-psycopg2")
 DEFAULT_STACK = "dj52-psycopg3"
+# Venvs with more than a stack has, each for its own tests (never parametrised over):
+# Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py).
+EXTRA_VENVS: tuple[str, ...] = (
+    "djsuite-dj52-psycopg3", "djsuite-dj52-psycopg2", "djsuite-dj42-psycopg3",
+    "djsuite-dj42-psycopg2", "workers-dj52-psycopg3", "workers-dj52-psycopg2",
+)
 
 # Variables of the test runner that must not reach a stack's process.
 _DROPPED_PREFIXES = ("POOL_", "DJPOOL_", "APP_", "PG")
@@ -42,8 +48,9 @@ class Result(NamedTuple):
 
 
 def venv_dir(stack: str) -> Path:
-    if stack not in STACKS:
-        raise ValueError(f"unknown stack {stack!r}; the stacks are {', '.join(STACKS)}")
+    if stack not in STACKS + EXTRA_VENVS:
+        raise ValueError(f"unknown stack {stack!r}; the stacks are {', '.join(STACKS)} "
+                         f"(and the venvs {', '.join(EXTRA_VENVS)})")
     return STACKS_DIR / stack
 
 
