@@ -10,18 +10,14 @@ end of a request when CONN_MAX_AGE is 0.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHIM = REPO / "shim"
-STACKS = ["dj52-psycopg3", "dj52-psycopg2", "dj42-psycopg3", "dj42-psycopg2"]
-DEFAULT_STACK = STACKS[0]
+from support import stacks
+from support.stacks import DEFAULT_STACK, STACKS
 
 PRELUDE = """
 import json, os, sys, threading, time
@@ -59,24 +55,21 @@ def emit(**values):
 """
 
 
-def python_of(stack: str) -> Path:
-    return REPO / ".venv" / "stacks" / stack / "bin" / "python"
-
-
 def run_script(stack: str, body: str, env: dict[str, str], *, shim: bool = True,
-               timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess:
+               cwd=None) -> stacks.Result:
     """Run PRELUDE + body in the stack's Python with the shim loaded like on a dyno."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("POOL_", "DJPOOL_"))}
-    full_env.pop("PYTHONPATH", None)
-    if shim:
-        full_env["PYTHONPATH"] = str(SHIM)
-    full_env.update(env)
-    code = PRELUDE + textwrap.dedent(body)
-    return subprocess.run([str(python_of(stack)), "-c", code], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return stacks.run_python(stack, PRELUDE + textwrap.dedent(body), env, shim=shim, cwd=cwd)
 
 
-def results(proc: subprocess.CompletedProcess) -> dict:
+def run_in(python, code: str, env: dict[str, str], *, pythonpath=()) -> stacks.Result:
+    """Run code in any interpreter, with the shim first on PYTHONPATH."""
+    done = subprocess.run([str(python), "-c", code],
+                          env=stacks.stack_env(env, pythonpath=pythonpath),
+                          capture_output=True, text=True, timeout=60)
+    return stacks.Result(done.returncode, done.stdout, done.stderr)
+
+
+def results(proc: stacks.Result) -> dict:
     """Merge every RESULT line the script printed; fail with its output if it crashed."""
     assert proc.returncode == 0, f"script failed:\n{proc.stdout}\n{proc.stderr}"
     merged: dict = {}
@@ -86,8 +79,8 @@ def results(proc: subprocess.CompletedProcess) -> dict:
     return merged
 
 
-def djpool_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in proc.stderr.splitlines() if line.startswith("djpool:")]
+def djpool_lines(proc: stacks.Result) -> list[str]:
+    return proc.djpool_lines()
 
 
 @pytest.fixture
@@ -368,11 +361,7 @@ BAD_URLS = [
 @pytest.mark.parametrize(("url", "shown"), BAD_URLS, ids=["not-url", "mysql", "bad-port"])
 def test_bad_database_url_gives_one_line_without_the_password(url, shown):
     # The app would fail on such a URL by itself; the shim must not add a crash.
-    proc = subprocess.run(
-        [str(python_of(DEFAULT_STACK)), "-c", "print('still running')"],
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("POOL_")},
-             "PYTHONPATH": str(SHIM), "DATABASE_URL": url},
-        capture_output=True, text=True, timeout=60)
+    proc = stacks.run_python(DEFAULT_STACK, "print('still running')", {"DATABASE_URL": url})
     assert proc.returncode == 0 and proc.stdout.strip() == "still running"
     lines = djpool_lines(proc)
     assert len(lines) == 1, proc.stderr
@@ -389,11 +378,10 @@ def test_pool_disabled_is_silent_and_unpooled(pg, db_env):
 # -- the shim ------------------------------------------------------------------
 
 def test_shim_imports_neither_django_nor_sqlalchemy(db_env):
-    proc = subprocess.run(
-        [str(python_of(DEFAULT_STACK)), "-c",
-         "import sys; print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))"],
-        env={**os.environ, "PYTHONPATH": str(SHIM), **db_env},
-        capture_output=True, text=True, timeout=60)
+    proc = stacks.run_python(
+        DEFAULT_STACK,
+        "import sys; print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))",
+        db_env)
     assert proc.stdout.strip() == "[]", proc.stderr
     assert len(djpool_lines(proc)) == 1
 
@@ -401,11 +389,8 @@ def test_shim_imports_neither_django_nor_sqlalchemy(db_env):
 def test_another_interpreter_is_left_alone(db_env):
     # The test runner's own Python stands in for the OS python3: not the prefix
     # djpool was installed for.
-    proc = subprocess.run(
-        [sys.executable, "-c", "import sys; print('djpool' in sys.modules)"],
-        env={**os.environ, "PYTHONPATH": str(SHIM), **db_env,
-             "DJPOOL_PYTHON_PREFIX": str(python_of(DEFAULT_STACK).parent.parent)},
-        capture_output=True, text=True, timeout=60)
+    proc = run_in(sys.executable, "import sys; print('djpool' in sys.modules)",
+                  {**db_env, "DJPOOL_PYTHON_PREFIX": str(stacks.venv_dir(DEFAULT_STACK))})
     assert proc.returncode == 0
     assert proc.stdout.strip() == "False"
     assert djpool_lines(proc) == []
@@ -414,11 +399,9 @@ def test_another_interpreter_is_left_alone(db_env):
 def test_the_apps_own_sitecustomize_still_runs(pg, db_env, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
         "import os\nos.environ['APP_SITECUSTOMIZE_RAN'] = 'yes'\n")
-    proc = subprocess.run(
-        [str(python_of(DEFAULT_STACK)), "-c", PRELUDE + REUSE +
-         "emit(ran=os.environ.get('APP_SITECUSTOMIZE_RAN'))"],
-        env={**os.environ, "PYTHONPATH": f"{SHIM}{os.pathsep}{tmp_path}", **db_env},
-        capture_output=True, text=True, timeout=60)
+    proc = run_in(stacks.python_path(DEFAULT_STACK),
+                  PRELUDE + REUSE + "emit(ran=os.environ.get('APP_SITECUSTOMIZE_RAN'))",
+                  db_env, pythonpath=[tmp_path])
     out = results(proc)
     assert out["ran"] == "yes"
     assert len(set(out["pids"])) == 1
@@ -426,20 +409,15 @@ def test_the_apps_own_sitecustomize_still_runs(pg, db_env, tmp_path):
 
 def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(pg, db_env, tmp_path):
     (tmp_path / "sitecustomize.py").write_text("raise RuntimeError('app bug')\n")
-    proc = subprocess.run(
-        [str(python_of(DEFAULT_STACK)), "-c", PRELUDE + REUSE],
-        env={**os.environ, "PYTHONPATH": f"{SHIM}{os.pathsep}{tmp_path}", **db_env},
-        capture_output=True, text=True, timeout=60)
+    proc = run_in(stacks.python_path(DEFAULT_STACK), PRELUDE + REUSE, db_env,
+                  pythonpath=[tmp_path])
     assert len(set(results(proc)["pids"])) == 1
     assert "Error in sitecustomize" in proc.stderr and "app bug" in proc.stderr
 
 
 def test_missing_dependencies_mean_one_line_and_unpooled(db_env):
     # The test runner's venv has neither SQLAlchemy nor dj-database-url.
-    proc = subprocess.run(
-        [sys.executable, "-c", "print('ok')"],
-        env={**os.environ, "PYTHONPATH": str(SHIM), **db_env},
-        capture_output=True, text=True, timeout=60)
+    proc = run_in(sys.executable, "print('ok')", db_env)
     assert proc.stdout.strip() == "ok"
     assert djpool_lines(proc) == [
         "djpool: SQLAlchemy and dj-database-url are not installed; running unpooled"]
