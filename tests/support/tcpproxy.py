@@ -11,6 +11,9 @@ The tests point DATABASE_URL at the proxy and the proxy at the server; bytes
   so the peers' TCP keepalive probes and retransmissions go unanswered and
   only their own timeouts (``keepalives_*``, ``tcp_user_timeout``) can end
   the wait. New connections are black-holed too (their SYNs are dropped);
+- ``cut(pg_client_port=p)`` / ``stall(pg_client_port=p)``: the same for the
+  one link PostgreSQL sees coming from port ``p`` (``pg_stat_activity.client_port``),
+  so one connection of a pool fails while the others carry on;
 - ``resume()``: forward again; what the peers retransmitted meanwhile arrives;
 - ``delay``: every chunk leaves ``delay`` seconds after it arrived, each way.
 
@@ -87,6 +90,7 @@ class _Pipe:
 class _Link:
     client: socket.socket
     server: socket.socket
+    stalled: bool = False
     up: _Pipe = field(init=False)
     down: _Pipe = field(init=False)
 
@@ -96,6 +100,13 @@ class _Link:
 
     def sockets(self) -> tuple[socket.socket, socket.socket]:
         return self.client, self.server
+
+    def pg_client_port(self) -> int:
+        """The port PostgreSQL sees this link come from (pg_stat_activity.client_port)."""
+        try:
+            return self.server.getsockname()[1]
+        except OSError:
+            return -1
 
 
 class TcpProxy:
@@ -166,23 +177,33 @@ class TcpProxy:
 
     # -- faults --------------------------------------------------------------
 
-    def cut(self, how: str = "rst") -> int:
+    def cut(self, how: str = "rst", *, pg_client_port: int | None = None) -> int:
         """Drop every open link now, at both ends; the number of links dropped.
 
         how: "rst" sends a TCP reset each way (the peers see ECONNRESET);
             "fin" closes each way in order (the peers see end of file).
+        pg_client_port: only the link PostgreSQL sees coming from this port
+            (``pg_stat_activity.client_port`` of the backend): one connection.
         """
         if how not in ("rst", "fin"):
             raise ValueError(f"how must be 'rst' or 'fin', not {how!r}")
-        return self._call(lambda: self._cut_all(how))
+        return self._call(lambda: self._cut(how, pg_client_port))
 
-    def stall(self) -> int:
-        """Black-hole every link and new connection until ``resume()``; the links stalled."""
-        return self._call(self._stall)
+    def stall(self, *, pg_client_port: int | None = None) -> int:
+        """Black-hole links until ``resume()``; the number of links stalled.
+
+        By default every link and every new connection; with ``pg_client_port``
+        only that one link (see ``cut``), the others carry on.
+        """
+        return self._call(lambda: self._stall(pg_client_port))
 
     def resume(self) -> None:
-        """Forward again after ``stall()``."""
+        """Forward again after ``stall()`` (every stalled link, and new connections)."""
         self._call(self._resume)
+
+    def pg_client_ports(self) -> list[int]:
+        """The ``pg_stat_activity.client_port`` of every open link."""
+        return self._call(lambda: [link.pg_client_port() for link in self._links])
 
     def set_delay(self, seconds: float) -> None:
         """Hold each chunk ``seconds`` in each direction from now on."""
@@ -260,9 +281,11 @@ class TcpProxy:
             poller.register(self._listener, select.POLLIN)
         now = time.monotonic()
         timeout: float | None = None
-        if not self._stalled:
+        if not self._closing:
             wanted: dict[int, int] = {}
             for link in self._links:
+                if link.stalled:
+                    continue
                 for pipe in (link.up, link.down):
                     if not pipe.source_done and pipe.buffered < MAX_BUFFERED:
                         fd = pipe.source.fileno()
@@ -283,10 +306,10 @@ class TcpProxy:
             elif self._listener is not None and fd == self._listener.fileno():
                 self._accept()
         self._run_commands()
-        if self._stalled or self._closing:
+        if self._closing:
             return
         for link in list(self._links):
-            if link in self._links:
+            if link in self._links and not link.stalled:
                 self._pump(link)
 
     def _drain_wake(self) -> None:
@@ -312,7 +335,8 @@ class TcpProxy:
         for sock in (client, server):
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._links.append(_Link(client, server))
+        link = _Link(client, server)
+        self._links.append(link)
 
     def _pump(self, link: _Link) -> None:
         """Move what can be moved on one link without blocking."""
@@ -374,32 +398,42 @@ class TcpProxy:
                     pass
                 sock.close()
 
-    def _cut_all(self, how: str) -> int:
-        links = list(self._links)
+    def _matching(self, pg_client_port: int | None) -> list[_Link]:
+        if pg_client_port is None:
+            return list(self._links)
+        return [link for link in self._links if link.pg_client_port() == pg_client_port]
+
+    def _cut(self, how: str, pg_client_port: int | None) -> int:
+        links = self._matching(pg_client_port)
         for link in links:
             self._drop(link, how)
         return len(links)
 
-    def _stall(self) -> int:
-        self._stalled = True
-        if self._listener is not None:
-            _black_hole(self._listener, True)
-        for link in self._links:
+    def _stall(self, pg_client_port: int | None) -> int:
+        links = self._matching(pg_client_port)
+        if pg_client_port is None:
+            self._stalled = True
+            if self._listener is not None:
+                _black_hole(self._listener, True)
+        for link in links:
+            link.stalled = True
             for sock in link.sockets():
                 _black_hole(sock, True)
-        return len(self._links)
+        return len(links)
 
     def _resume(self) -> None:
         for link in self._links:
-            for sock in link.sockets():
-                _black_hole(sock, False)
-        if self._listener is not None:
+            if link.stalled:
+                for sock in link.sockets():
+                    _black_hole(sock, False)
+                link.stalled = False
+        if self._listener is not None and self._stalled:
             _black_hole(self._listener, False)
         self._stalled = False
 
     def _shutdown(self) -> None:
         self._closing = True
-        self._cut_all("rst")
+        self._cut("rst", None)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
