@@ -77,26 +77,45 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
 
     def checkout(wrapper: Any, conn_params: dict[str, Any]) -> tuple[Any, PoolEntry, bool]:
         entry = registry.get(wrapper.alias, conn_params, lambda: make_pool(wrapper))
+        counters = entry.counters
         opened = []
 
         def factory() -> Any:
-            connection = original_get_new_connection(wrapper, conn_params)
+            try:
+                connection = original_get_new_connection(wrapper, conn_params)
+            except Exception as error:
+                counters.failed_connect, counters.failed_connect_at = error, time.monotonic()
+                raise
             opened.append(connection)
             return connection
 
+        started = time.monotonic()
+        deadline = started + settings.timeout
         _creating.factory = factory
         try:
-            fairy = entry.pool.connect()
-        except PoolTimeout as error:
-            raise OperationalError(
-                f"djpool: connection pool for database alias {wrapper.alias!r} is exhausted: "
-                f"all {settings.size + settings.max_overflow} connections are in use "
-                f"(POOL_SIZE={settings.size}, POOL_MAX_OVERFLOW={settings.max_overflow}) "
-                f"and none came back within POOL_TIMEOUT={settings.timeout:g}s"
-            ) from error
+            while True:
+                try:
+                    fairy = entry.pool.connect()
+                    break
+                except PoolTimeout as error:
+                    failure = counters.failed_connect
+                    if failure is not None and counters.failed_connect_at >= started:
+                        # Another request's connect failed while we waited: the server
+                        # refuses, so say what it said instead of waiting it out.
+                        raise type(failure)(str(failure)) from None
+                    if time.monotonic() >= deadline:
+                        raise exhausted(wrapper.alias) from error
         finally:
             _creating.factory = None
         return fairy, entry, bool(opened) and opened[-1] is fairy.dbapi_connection
+
+    def exhausted(alias: str) -> Exception:
+        return OperationalError(
+            f"djpool: connection pool for database alias {alias!r} is exhausted: "
+            f"all {settings.size + settings.max_overflow} connections are in use "
+            f"(POOL_SIZE={settings.size}, POOL_MAX_OVERFLOW={settings.max_overflow}) "
+            f"and none came back within POOL_TIMEOUT={settings.timeout:g}s"
+        )
 
     def apply_isolation_level(wrapper: Any, connection: Any) -> None:
         # Mirrors what get_new_connection does on a fresh connection.

@@ -20,6 +20,12 @@ from djpool.config import PoolSettings
 
 _DIALECTS: dict[str, Any] = {}
 
+# How long one wait inside SQLAlchemy lasts. A waiter wakes at once when a
+# connection comes back; the slice only bounds how late it notices that a
+# concurrent connect failed (SQLAlchemy does not wake waiters for that).
+# The caller loops until POOL_TIMEOUT (see django_patch.checkout).
+WAIT_SLICE_SECONDS = 0.1
+
 
 @dataclass
 class PoolCounters:
@@ -28,6 +34,8 @@ class PoolCounters:
     connects: int = 0
     checkouts: int = 0
     invalidated: int = 0
+    failed_connect_at: float = float("-inf")  # time.monotonic() of the last failed connect
+    failed_connect: BaseException | None = None
 
 
 def dialect_for(driver: str) -> Any:
@@ -65,7 +73,7 @@ def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
         creator,
         pool_size=settings.size,
         max_overflow=settings.max_overflow,
-        timeout=settings.timeout,
+        timeout=min(settings.timeout, WAIT_SLICE_SECONDS),
         recycle=settings.recycle if settings.recycle > 0 else -1,
         reset_on_return=None,  # our reset event does rollback + DISCARD ALL
         use_lifo=True,  # reuse the warmest connection; idle ones age out by recycle
