@@ -1,6 +1,6 @@
 from django.urls import path
 
-from core import faultviews, views
+from core import asyncviews, faultviews, views
 
 urlpatterns = [
     path("health/", views.health),
@@ -15,4 +15,5 @@ urlpatterns = [
     path("items3/", views.items3),
     path("pool/", faultviews.pool),
     path("pause-in-atomic/", faultviews.pause_in_atomic),
+    path("async/items/", asyncviews.items),
 ]

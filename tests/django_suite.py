@@ -1,0 +1,379 @@
+"""Django's own database test suites, with djpool's shim and without, on a real PostgreSQL.
+
+For each stack (Django x driver) and each label, Django's ``tests/runtests.py``
+(from the sdist of the very Django version installed in the stack's
+``djsuite-<stack>`` venv) runs twice against the same throwaway PostgreSQL
+(TLS, scram-sha-256): once with the shim on PYTHONPATH and DATABASE_URL set,
+as on a dyno, and once without. A failure counts against djpool only if it
+happens with the shim and not without; each such failure is run once more,
+alone, both ways, to tell a djpool bug from a flaky test.
+
+    .venv/test/bin/python tests/django_suite.py            # all labels, all four stacks
+    .venv/test/bin/python tests/django_suite.py --stacks dj52-psycopg3 --labels basic
+    make django-suite                                      # the same as the first line
+
+Prints a table per stack and label (tests run, failures with the shim,
+without, only with the shim) and lists the failing test ids. Every run's
+full output is kept under build/django-suite/. Exits 0 when no failure
+happens only with the shim, 1 otherwise.
+
+The sdists are downloaded once with pip (Django ships its tests/ in them)
+and cached under .venv/django-tests/. The database role is a superuser, as
+in Django's own CI: postgres_tests creates extensions (bloom) that are not
+trusted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find support/
+
+from support import stacks  # noqa: E402
+from support.postgres import PostgresServer  # noqa: E402
+
+REPO = stacks.REPO
+SETTINGS_DIR = REPO / "tests" / "django_suite_settings"
+SETTINGS_MODULE = "djpool_suite_settings"
+SOURCE_CACHE = REPO / ".venv" / "django-tests"
+LOG_DIR = REPO / "build" / "django-suite"
+
+LABELS: tuple[str, ...] = (
+    "backends", "transactions", "transaction_hooks", "select_for_update", "queries",
+    "basic", "timezones", "test_runner", "postgres_tests",
+)
+SUITE_ROLE = "djsuite"
+DEFAULT_DATABASE = "djsuite"
+OTHER_DATABASE = "djsuite_other"
+RUN_TIMEOUT = 1800.0  # seconds for one label in one mode; a hang fails instead of blocking
+
+# unittest's report of one problem: "FAIL: test_x (pkg.mod.Class.test_x)" and the like.
+_PROBLEM = re.compile(r"^(FAIL|ERROR|UNEXPECTED SUCCESS): (.+)$", re.MULTILINE)
+_RAN = re.compile(r"^Ran (\d+) tests? in ", re.MULTILINE)
+_SUMMARY = re.compile(r"^(OK|FAILED)(?: \((.*)\))?\s*$", re.MULTILINE)
+_SHIM_LINE = re.compile(r"^djpool: pooling ", re.MULTILINE)
+
+
+@dataclass
+class Run:
+    """One runtests.py invocation: a label (or test ids) on a stack, with or without the shim."""
+
+    stack: str
+    label: str
+    shim: bool
+    ran: int | None = None  # None: runtests ended without unittest's "Ran N tests"
+    problems: list[str] = field(default_factory=list)  # "FAIL: test (id)", ...
+    summary: dict[str, int] = field(default_factory=dict)  # failures, errors, skipped, ...
+    returncode: int | None = None
+    seconds: float = 0.0
+    connections_opened: int = 0
+    timed_out: bool = False
+    log: str = ""
+
+    @property
+    def crashed(self) -> bool:
+        return self.ran is None
+
+    def failed_ids(self) -> set[str]:
+        """What went wrong, one entry per problem; a crash is one entry of its own."""
+        found = set(self.problems)
+        if self.crashed:
+            found.add("TIMEOUT: runtests.py" if self.timed_out else
+                      f"CRASH: runtests.py exited with status {self.returncode} before "
+                      "reporting (see the log)")
+        return found
+
+
+@dataclass
+class LabelResult:
+    """A label on a stack: both runs, and what only the shim's run got wrong."""
+
+    stack: str
+    label: str
+    with_shim: Run
+    without_shim: Run
+    shim_only: list[str] = field(default_factory=list)  # confirmed by a second run
+    flaky: list[str] = field(default_factory=list)  # shim-only at first, passed alone
+
+    @property
+    def both(self) -> list[str]:
+        return sorted(self.with_shim.failed_ids() & self.without_shim.failed_ids())
+
+
+# -- Django's test suite: the sdist of the installed version -----------------
+
+
+def suite_venv(stack: str) -> str:
+    return f"djsuite-{stack}"
+
+
+def django_version(stack: str) -> str:
+    result = stacks.check(stacks.run_python(suite_venv(stack), "import django; "
+                                            "print(django.__version__)", shim=False),
+                          f"python of {suite_venv(stack)}")
+    return result.stdout.strip()
+
+
+def django_tests_dir(version: str, cache: Path = SOURCE_CACHE) -> Path:
+    """Django's tests/ for ``version``, from its sdist on PyPI, downloaded once."""
+    target = cache / version / "tests"
+    if (target / "runtests.py").exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as scratch:
+        # pip, not the venv's: the test venvs are made by uv and have none.
+        pip = [shutil.which("python3") or sys.executable, "-m", "pip"]
+        command = [*pip, "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                   "--dest", scratch, f"django=={version}"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        sdists = list(Path(scratch).glob("[Dd]jango-*.tar.gz"))
+        if not sdists:
+            raise RuntimeError(f"could not download Django {version}'s sdist: "
+                               f"{' '.join(command)}\n{result.stdout}{result.stderr}")
+        with tarfile.open(sdists[0]) as archive:
+            members = [m for m in archive.getmembers() if m.name.split("/")[1:2] == ["tests"]]
+            archive.extractall(scratch, members=members, filter="data")
+        top = sdists[0].name.removesuffix(".tar.gz")
+        (cache / version).mkdir(exist_ok=True)
+        try:
+            os.rename(Path(scratch, top, "tests"), target)
+        except OSError:  # another run got there first
+            if not (target / "runtests.py").exists():
+                raise
+    return target
+
+
+# -- the database ------------------------------------------------------------
+
+
+def prepare_server(server: PostgresServer) -> None:
+    """The suite's superuser role and its two databases (NAME of "default" and "other")."""
+    try:
+        server.password_of(SUITE_ROLE)
+    except KeyError:
+        server.create_role(SUITE_ROLE, secrets.token_urlsafe(18), superuser=True)
+    for name in (DEFAULT_DATABASE, OTHER_DATABASE):
+        if not server.query("SELECT 1 FROM pg_database WHERE datname = %s", [name]):
+            server.create_database(name, owner=SUITE_ROLE)
+
+
+def database_urls(server: PostgresServer, application_name: str) -> dict[str, str]:
+    tls = {"sslmode": "verify-full", "sslrootcert": str(server.ca_cert_path),
+           "application_name": application_name}
+    return {
+        "DATABASE_URL": server.url(DEFAULT_DATABASE, SUITE_ROLE, **tls),
+        "OTHER_DATABASE_URL": server.url(OTHER_DATABASE, SUITE_ROLE, **tls),
+    }
+
+
+# -- one run ---------------------------------------------------------------
+
+
+def parse_output(text: str) -> tuple[int | None, list[str], dict[str, int]]:
+    """(tests run, problems, summary counts) from unittest's closing report."""
+    ran_matches = _RAN.findall(text)
+    ran = int(ran_matches[-1]) if ran_matches else None
+    problems = sorted(set(match.group(0).strip() for match in _PROBLEM.finditer(text)))
+    summary: dict[str, int] = {}
+    summaries = _SUMMARY.findall(text)
+    if summaries and summaries[-1][1]:
+        for part in summaries[-1][1].split(","):
+            name, _, number = part.strip().partition("=")
+            if number.isdigit():
+                summary[name.strip()] = int(number)
+    return ran, problems, summary
+
+
+def rerun_target(problem: str) -> str:
+    """The dotted name runtests.py accepts, from a problem line.
+
+    "FAIL: test_x (pkg.mod.Class.test_x) [sub]" -> "pkg.mod.Class.test_x";
+    "ERROR: setUpClass (pkg.mod.Class)" -> "pkg.mod.Class";
+    "ERROR: pkg.mod (unittest.loader._FailedTest.pkg.mod)" -> "pkg.mod".
+    """
+    text = problem.split(": ", 1)[1]
+    match = re.match(r"(\S+) \(([^)]+)\)", text)
+    if not match:
+        return text.split()[0]
+    name, dotted = match.groups()
+    if dotted.startswith("unittest.loader._FailedTest."):
+        return name
+    return dotted
+
+
+def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
+                 server: PostgresServer, tests_dir: Path, parallel: int,
+                 log_dir: Path, timeout: float = RUN_TIMEOUT) -> Run:
+    """runtests.py with ``targets`` (labels or test ids) once, its log kept in ``log_dir``."""
+    mode = "shim" if shim else "noshim"
+    application_name = f"djsuite.{stack}.{label}.{mode}"[:63]
+    env = {**database_urls(server, application_name), "DJANGO_COLORS": "nocolor"}
+    log_path = log_dir / stack / f"{label}.{mode}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(stacks.python_path(suite_venv(stack))), "-X", "faulthandler", "runtests.py",
+               "--settings", SETTINGS_MODULE, "--noinput", "--verbosity", "2",
+               "--parallel", str(parallel), *targets]
+    opened_before = server.connections_opened(application_name=application_name)
+    started = time.monotonic()
+    timed_out = False
+    with open(log_path, "w") as log:
+        log.write(f"$ {' '.join(command)}\n# shim={'on' if shim else 'off'}\n")
+        log.flush()
+        process = subprocess.Popen(
+            command, cwd=tests_dir, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env=stacks.stack_env(env, shim=shim, pythonpath=[SETTINGS_DIR]),
+        )
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(process.pid, signal.SIGKILL)
+            returncode = process.wait(timeout=60)
+    seconds = time.monotonic() - started
+    text = log_path.read_text(errors="replace")
+    ran, problems, summary = parse_output(text)
+    if shim and ran is not None and not _SHIM_LINE.search(text):
+        raise RuntimeError(f"the shim did not load in {log_path}: no 'djpool: pooling' line")
+    if timed_out:
+        ran = None
+    return Run(stack=stack, label=label, shim=shim, ran=ran, problems=problems,
+               summary=summary, returncode=returncode, seconds=round(seconds, 1),
+               connections_opened=server.connections_opened(
+                   application_name=application_name) - opened_before,
+               timed_out=timed_out, log=str(log_path))
+
+
+def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path,
+              parallel: int = 1, log_dir: Path = LOG_DIR, timeout: float = RUN_TIMEOUT,
+              confirm: int = 40, echo=print) -> LabelResult:
+    """One label both ways; failures seen only with the shim are run again, alone, both ways."""
+    options = dict(server=server, tests_dir=tests_dir, parallel=parallel, log_dir=log_dir,
+                   timeout=timeout)
+    with_shim = run_runtests(stack, label, [label], shim=True, **options)
+    echo(f"       {stack} {label} with shim: {_brief(with_shim)}")
+    without_shim = run_runtests(stack, label, [label], shim=False, **options)
+    echo(f"       {stack} {label} without shim: {_brief(without_shim)}")
+    result = LabelResult(stack, label, with_shim, without_shim)
+    suspects = sorted(with_shim.failed_ids() - without_shim.failed_ids())
+    if not suspects:
+        return result
+    rerunnable = [p for p in suspects if not p.startswith(("CRASH", "TIMEOUT"))][:confirm]
+    confirmed = set(suspects) - set(rerunnable)
+    for problem in rerunnable:
+        target = rerun_target(problem)
+        tag = f"{label}.confirm.{re.sub(r'[^A-Za-z0-9_.-]+', '_', target)}"[:120]
+        again = run_runtests(stack, tag, [target], shim=True, **options)
+        control = run_runtests(stack, tag, [target], shim=False, **options)
+        if again.failed_ids() - control.failed_ids():
+            confirmed.add(problem)
+        else:
+            result.flaky.append(problem)
+    result.shim_only = sorted(confirmed)
+    echo(f"       {stack} {label}: {len(result.shim_only)} only with the shim, "
+         f"{len(result.flaky)} not reproduced alone")
+    return result
+
+
+def _brief(run: Run) -> str:
+    if run.crashed:
+        return f"{'timed out' if run.timed_out else 'crashed'} after {run.seconds:.0f}s"
+    return (f"{run.ran} tests, {len(run.problems)} failures/errors, "
+            f"{run.summary.get('skipped', 0)} skipped, {run.seconds:.0f}s, "
+            f"{run.connections_opened} connections opened")
+
+
+def run_suite(server: PostgresServer, stack_names: Iterable[str], labels: Iterable[str], *,
+              parallel: int = 1, log_dir: Path = LOG_DIR, timeout: float = RUN_TIMEOUT,
+              echo=print) -> list[LabelResult]:
+    prepare_server(server)
+    results = []
+    for stack in stack_names:
+        version = django_version(stack)
+        tests_dir = django_tests_dir(version)
+        echo(f"-----> {stack}: Django {version}, tests from {tests_dir}")
+        for label in labels:
+            results.append(run_label(stack, label, server=server, tests_dir=tests_dir,
+                                     parallel=parallel, log_dir=log_dir, timeout=timeout,
+                                     echo=echo))
+    return results
+
+
+# -- report ----------------------------------------------------------------
+
+
+def report(results: Sequence[LabelResult]) -> str:
+    header = (f"{'stack':<15} {'label':<18} {'tests':>6} {'skipped':>7} {'fail+shim':>9} "
+              f"{'fail-shim':>9} {'shim-only':>9} {'conns+shim':>10} {'conns-shim':>10} "
+              f"{'secs+shim':>9} {'secs-shim':>9}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        w, wo = r.with_shim, r.without_shim
+        ran = "crash" if w.crashed else str(w.ran)
+        lines.append(
+            f"{r.stack:<15} {r.label:<18} {ran:>6} {w.summary.get('skipped', 0):>7} "
+            f"{len(w.failed_ids()):>9} {len(wo.failed_ids()):>9} {len(r.shim_only):>9} "
+            f"{w.connections_opened:>10} {wo.connections_opened:>10} "
+            f"{w.seconds:>9.0f} {wo.seconds:>9.0f}")
+    for r in results:
+        sections = (
+            ("only with the shim (djpool's)", r.shim_only),
+            ("only with the shim at first, passed when run alone (flaky)", r.flaky),
+            ("with and without the shim (not djpool's)", r.both),
+            ("only without the shim", sorted(r.without_shim.failed_ids()
+                                              - r.with_shim.failed_ids())),
+        )
+        for title, problems in sections:
+            if problems:
+                lines.append(f"\n{r.stack} {r.label}: {title}:")
+                lines.extend(f"  {problem}" for problem in problems)
+    total = sum(len(r.shim_only) for r in results)
+    lines.append(f"\n{total} failures only with the shim; logs in "
+                 f"{Path(results[0].with_shim.log).parent.parent if results else LOG_DIR}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stacks", nargs="+", default=list(stacks.STACKS),
+                        choices=stacks.STACKS, metavar="STACK",
+                        help=f"default: all ({' '.join(stacks.STACKS)})")
+    parser.add_argument("--labels", nargs="+", default=list(LABELS), metavar="LABEL",
+                        help=f"runtests.py labels (default: {' '.join(LABELS)})")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="runtests.py --parallel (default 1: the machine is shared)")
+    parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT,
+                        help="seconds for one runtests.py run (default %(default)s)")
+    parser.add_argument("--log-dir", type=Path, default=LOG_DIR)
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    with PostgresServer(max_connections=200) as server:
+        results = run_suite(server, args.stacks, args.labels, parallel=args.parallel,
+                            log_dir=args.log_dir, timeout=args.timeout)
+    print()
+    print(report(results))
+    print(f"took {time.monotonic() - started:.0f}s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+    return 1 if any(r.shim_only for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Compatibility: an app's own ``manage.py test``, and every kind of web worker, with the shim on.
+
+``manage.py test``: the sample app's tests (tests/app/core/tests.py) run as a
+developer runs them, the shim loaded as on a dyno. Django makes test_app, the
+tests run on it through the pool (each test writes down the database and the
+backend pid it saw), and Django drops it without PostgreSQL's "is being
+accessed by other users"; also with ``--parallel 2`` (cloned databases, forked
+workers) and ``--keepdb`` twice.
+
+Worker types: gunicorn's sync, gthread and gevent workers (gevent with
+psycopg 3 as it is, and with psycopg2 patched by psycogreen in a post_fork
+hook, as users do) and uvicorn's ASGI worker serving async views. Each gets
+50 requests from 8 threads and must answer them all while the server sees
+no more logins than workers x POOL_SIZE, then show its connections idle in
+the pool with nothing left checked out.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from support import stacks
+from support.appserver import AppServer
+from support.postgres import PostgresServer
+from support.waiting import wait_until
+
+APP_TEST_DATABASE = "test_app"  # Django's name for the test database of NAME "app"
+IN_USE = "is being accessed by other users"
+SHIM_LINE = "djpool: pooling "
+PSYCOGREEN_CONFIG = stacks.APP_DIR / "gunicorn_psycogreen.conf.py"
+
+
+# -- manage.py test ------------------------------------------------------------------------
+
+def leftover_test_databases(pg: PostgresServer) -> list[str]:
+    rows = pg.query("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_app%%' "
+                    "ORDER BY datname")
+    return [row[0] for row in rows]
+
+
+
+
+@pytest.fixture
+def clean_test_databases(pg: PostgresServer) -> Iterator[None]:
+    """No test_app* database before or after the test (a failed run may leave one)."""
+
+    def drop_all() -> None:
+        for name in leftover_test_databases(pg):
+            pg.query(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    drop_all()
+    yield
+    drop_all()
+
+
+def manage_test(stack: str, database_url: str, record: Path, *args: str,
+                shim: bool = True) -> tuple[stacks.Result, list[dict]]:
+    """``manage.py test core`` in the sample app; what it printed and what each test saw."""
+    record.unlink(missing_ok=True)
+    result = stacks.run_manage(stack, "test", "core", "--noinput", "-v", "2", *args,
+                               env={"DATABASE_URL": database_url,
+                                    "APP_TEST_RECORD": str(record)},
+                               shim=shim, timeout=300)
+    stacks.check(result, f"manage.py test {' '.join(args)}")
+    lines = record.read_text().splitlines() if record.exists() else []
+    return result, [json.loads(line) for line in lines]
+
+
+def assert_ran_on(records: list[dict], names: set[str]) -> None:
+    assert len(records) == 6, records  # every test of tests/app/core/tests.py wrote one line
+    for seen in records:
+        assert seen["settings_name"] in names, seen
+        assert seen["datname"] == seen["settings_name"], seen
+
+
+def reconnect(records: list[dict]) -> dict:
+    [seen] = [r for r in records if r["test"].endswith("test_close_and_query_again")]
+    return seen
+
+
+def wait_no_backends(pg: PostgresServer, appname: str) -> None:
+    wait_until(lambda: not pg.backends(application_name=appname),
+               message=f"backends of {appname} still connected after the process ended")
+
+
+@pytest.mark.parametrize("stack", stacks.STACKS)
+def test_manage_py_test_runs_on_a_pooled_test_database_and_drops_it(
+        stack, pg, database_url, appname, tmp_path, clean_test_databases):
+    result, records = manage_test(stack, database_url, tmp_path / "record.jsonl")
+    assert SHIM_LINE in result.stderr
+    assert "Creating test database for alias 'default'" in result.stderr
+    assert_ran_on(records, {APP_TEST_DATABASE})
+    # connection.close() then a query: the pool hands the same server session back.
+    seen = reconnect(records)
+    assert seen["backend_pid_after_close"] == seen["backend_pid_before_close"]
+    assert IN_USE not in result.stdout + result.stderr
+    assert "Destroying test database for alias 'default'" in result.stderr
+    assert leftover_test_databases(pg) == []
+    wait_no_backends(pg, appname)
+
+
+def test_without_the_shim_a_closed_connection_is_a_new_backend(
+        pg, database_url, appname, tmp_path, clean_test_databases):
+    """The control for the test above: unpooled, close() really ends the server session."""
+    result, records = manage_test(stacks.DEFAULT_STACK, database_url, tmp_path / "record.jsonl",
+                                  shim=False)
+    assert SHIM_LINE not in result.stderr
+    assert_ran_on(records, {APP_TEST_DATABASE})
+    seen = reconnect(records)
+    assert seen["backend_pid_after_close"] != seen["backend_pid_before_close"]
+
+
+@pytest.mark.parametrize("stack", stacks.STACKS)
+def test_manage_py_test_parallel_clones_and_drops_every_database(
+        stack, pg, database_url, appname, tmp_path, clean_test_databases):
+    result, records = manage_test(stack, database_url, tmp_path / "record.jsonl",
+                                  "--parallel", "2")
+    assert SHIM_LINE in result.stderr
+    assert "Cloning test database for alias 'default'" in result.stderr
+    clones = {f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"}
+    assert_ran_on(records, clones)
+    seen = reconnect(records)
+    assert seen["backend_pid_after_close"] == seen["backend_pid_before_close"]
+    assert IN_USE not in result.stdout + result.stderr
+    assert leftover_test_databases(pg) == []
+    wait_no_backends(pg, appname)
+
+
+@pytest.mark.parametrize("stack", [stacks.DEFAULT_STACK, "dj42-psycopg2"])
+def test_manage_py_test_keepdb_twice_reuses_the_kept_database(
+        stack, pg, database_url, appname, tmp_path, clean_test_databases):
+    # With --keepdb Django says "Using existing" either way: the first run makes it.
+    assert leftover_test_databases(pg) == []
+    first, records = manage_test(stack, database_url, tmp_path / "record.jsonl", "--keepdb")
+    assert "Preserving test database for alias 'default'" in first.stderr
+    assert_ran_on(records, {APP_TEST_DATABASE})
+    assert leftover_test_databases(pg) == [APP_TEST_DATABASE]
+    second, records = manage_test(stack, database_url, tmp_path / "record.jsonl", "--keepdb")
+    assert "Using existing test database for alias 'default'" in second.stderr
+    assert "Preserving test database for alias 'default'" in second.stderr
+    assert_ran_on(records, {APP_TEST_DATABASE})
+    seen = reconnect(records)
+    assert seen["backend_pid_after_close"] == seen["backend_pid_before_close"]
+    assert IN_USE not in first.stdout + first.stderr + second.stdout + second.stderr
+    assert leftover_test_databases(pg) == [APP_TEST_DATABASE]
+    wait_no_backends(pg, appname)
+
+
+# -- worker types ------------------------------------------------------------------------
+
+WORKERS = 2
+POOL_SIZE = 3
+REQUESTS = 50
+CLIENT_THREADS = 8
+
+
+class AsgiAppServer(AppServer):
+    """The sample app through Django's ASGI handler (testproj.asgi), e.g. in uvicorn's worker."""
+
+    def command(self) -> list[str]:
+        args = super().command()
+        args[args.index("testproj.wsgi")] = "testproj.asgi:application"
+        return args
+
+
+# name: (venv, gunicorn --worker-class, more gunicorn arguments, ASGI, paths loaded)
+SYNC_PATHS = ("/pid/", "/items/?name=item-7", "/slow/?ms=20", "/items3/")
+ASYNC_PATHS = ("/async/items/?name=item-7", "/async/items/?ms=20", "/pid/", "/items3/")
+WORKER_TYPES: dict[str, tuple[str, str, tuple[str, ...], bool, tuple[str, ...]]] = {
+    "sync-psycopg3": ("dj52-psycopg3", "sync", (), False, SYNC_PATHS),
+    "sync-psycopg2": ("dj52-psycopg2", "sync", (), False, SYNC_PATHS),
+    "gthread-psycopg3": ("dj52-psycopg3", "gthread", (), False, SYNC_PATHS),
+    "gthread-psycopg2": ("dj52-psycopg2", "gthread", (), False, SYNC_PATHS),
+    "gevent-psycopg3": ("workers-dj52-psycopg3", "gevent", (), False, SYNC_PATHS),
+    "gevent-psycopg2-psycogreen": ("workers-dj52-psycopg2", "gevent",
+                                   ("--config", str(PSYCOGREEN_CONFIG)), False, SYNC_PATHS),
+    "uvicorn-asgi-psycopg3": ("workers-dj52-psycopg3", "uvicorn_worker.UvicornWorker", (),
+                              True, ASYNC_PATHS),
+    "uvicorn-asgi-psycopg2": ("workers-dj52-psycopg2", "uvicorn_worker.UvicornWorker", (),
+                              True, ASYNC_PATHS),
+}
+
+
+@pytest.fixture
+def serve(request, pg, migrated, database_url, tmp_path) -> Iterator[Callable[[str], AppServer]]:
+    """``serve(worker_type)``: the app on that worker type, stopped after the test."""
+    started: list[AppServer] = []
+    request.node.djpool_app_servers = started  # conftest adds their logs to a failure
+
+    def start(kind: str) -> AppServer:
+        venv, worker_class, extra_args, asgi, _paths = WORKER_TYPES[kind]
+        server_class = AsgiAppServer if asgi else AppServer
+        server = server_class(venv, {"DATABASE_URL": database_url, "POOL_SIZE": str(POOL_SIZE)},
+                              worker_class=worker_class, workers=WORKERS, threads=4,
+                              extra_args=extra_args, log_dir=tmp_path)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+def pools_of_every_worker(app: AppServer) -> dict[int, list[dict]]:
+    """/pool/ of each worker, asked until every worker has answered (no database use)."""
+    seen: dict[int, list[dict]] = {}
+    workers = set(app.worker_pids())
+
+    def ask() -> bool:
+        status, body = app.get("/pool/")
+        assert status == 200, body
+        seen[body["pid"]] = body["pools"]
+        return workers <= set(seen)
+
+    wait_until(ask, timeout=30, interval=0, message=lambda: f"/pool/ reached only {sorted(seen)}"
+               f" of the workers {sorted(workers)}")
+    return seen
+
+
+@pytest.mark.parametrize("kind", sorted(WORKER_TYPES))
+def test_worker_type_serves_concurrent_requests_through_the_pool(kind, serve, pg, appname):
+    app = serve(kind)
+    worker_class = WORKER_TYPES[kind][1]
+    assert f"Using worker: {worker_class}" in app.log_text()
+    assert any(line.startswith(SHIM_LINE) for line in app.djpool_lines())
+    paths = WORKER_TYPES[kind][4]
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as clients:
+        answers = list(clients.map(lambda n: app.get(paths[n % len(paths)]), range(REQUESTS)))
+
+    assert [status for status, _ in answers] == [200] * REQUESTS, answers
+    pids = {body["pid"] for _, body in answers if "pid" in body}
+    bound = WORKERS * POOL_SIZE
+    assert 1 <= len(pids) <= bound
+    # Pooling: the server saw at most workers x POOL_SIZE logins for 50 requests.
+    assert pg.connections_opened(application_name=appname) <= bound
+    # Returned: every connection waits idle in a pool, none is left in a transaction
+    # or checked out.
+    backends = wait_until(
+        lambda: (lambda found: found if all(b.state == "idle" for b in found) else None)(
+            pg.backends(application_name=appname)),
+        message="every backend idle after the load")
+    assert 1 <= len(backends) <= bound
+    for worker_pid, pools in pools_of_every_worker(app).items():
+        assert pools is not None, f"worker {worker_pid} runs unpooled"
+        for shown in pools:
+            assert shown["checkedout"] == 0, (worker_pid, shown)
+    assert not [line for line in app.log_text().splitlines() if "Traceback" in line]
+
+
+@pytest.mark.parametrize("kind", sorted(k for k in WORKER_TYPES if not k.startswith("sync")))
+def test_worker_type_runs_database_work_concurrently_within_a_worker(kind, serve, pg, appname):
+    """Three slow queries at once, although two workers: some worker overlaps them.
+
+    gthread does so with threads, gevent with greenlets (psycopg2 only once
+    psycogreen made it cooperative), uvicorn with a thread per request.
+    """
+    app = serve(kind)
+    slow = "/async/items/?ms=3000" if WORKER_TYPES[kind][3] else "/slow/?ms=3000"
+    answers: list[tuple[int, object]] = []
+    requests = [threading.Thread(target=lambda: answers.append(app.get(slow)))
+                for _ in range(2 * POOL_SIZE)]
+    for thread in requests:
+        thread.start()
+    try:
+        sleeping = wait_until(
+            lambda: (lambda found: found if len(found) > WORKERS else None)(
+                [b for b in pg.backends(application_name=appname)
+                 if b.state == "active" and "pg_sleep" in b.query]),
+            timeout=20, interval=0.05,
+            message="more slow queries running at once than there are workers")
+    finally:
+        for thread in requests:
+            thread.join(60)
+    assert len(sleeping) <= WORKERS * POOL_SIZE
+    assert [status for status, _ in answers] == [200] * len(requests), answers
