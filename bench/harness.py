@@ -53,9 +53,13 @@ def bench_python() -> Path:
     return BENCH_PYTHON
 
 
-def app_env(env: Mapping[str, str], *, shim: bool) -> dict[str, str]:
-    """A dyno's environment for the sample app with the bench settings overlay."""
-    path = ([str(SHIM_DIR)] if shim else []) + [str(SETTINGS_DIR), str(APP_DIR)]
+def app_env(env: Mapping[str, str], *, shim: bool | Path) -> dict[str, str]:
+    """A dyno's environment for the sample app with the bench settings overlay.
+
+    shim: True for this repo's shim/, a Path for another tree's (a proposal's).
+    """
+    shim_dir = SHIM_DIR if shim is True else shim
+    path = ([str(shim_dir)] if shim_dir else []) + [str(SETTINGS_DIR), str(APP_DIR)]
     return {
         "PYTHONPATH": os.pathsep.join(path),
         "DJANGO_SETTINGS_MODULE": "benchsettings",
@@ -107,13 +111,19 @@ class WrkResult:
 
 
 def run_wrk(url: str, seconds: float, connections: int, threads: int = 1,
-            timeout_s: int = 10) -> WrkResult:
-    """Drive ``url`` (loopback only) for ``seconds`` with wrk and parse its report."""
+            timeout_s: int = 10, keepalive: bool = True) -> WrkResult:
+    """Drive ``url`` (loopback only) for ``seconds`` with wrk and parse its report.
+
+    keepalive=False sends ``Connection: close``: a new TCP connection per request,
+    as Heroku's router makes them, so gunicorn's workers share the load evenly.
+    """
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise ValueError("the benchmark only loads servers on 127.0.0.1")
     whole = max(1, round(seconds))  # wrk takes whole seconds only
     command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{whole}s",
                "--timeout", f"{timeout_s}s", "-s", str(WRK_SCRIPT), url]
+    if not keepalive:
+        command[1:1] = ["-H", "Connection: close"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=whole + 60)
     for line in done.stdout.splitlines():
         if line.startswith("WRKJSON "):
@@ -279,12 +289,15 @@ class PgBouncer:
         if owner is not None:
             os.chown(self.dir, owner.pw_uid, owner.pw_gid)
         command = [pgbouncer_binary(), str(self.dir / "pgbouncer.ini")]
+        # PgBouncer refuses to run as root. Popen switches user itself (no runuser in
+        # between), so the signals stop() sends reach PgBouncer and nothing outlives it.
+        as_user: dict[str, Any] = {}
         if owner is not None:
-            command = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", owner.pw_name,
-                       "--", *command]
+            as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            **as_user)
         _wait_listening(self.port, self.process, self.log_path)
         return self
 

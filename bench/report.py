@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from setups import DJPOOL_MAX_OVERFLOW, DJPOOL_POOL_SIZE, WORKLOADS
+from setups import BUDGET_PATH, DJPOOL_MAX_OVERFLOW, DJPOOL_POOL_SIZE, WORKLOADS
 
 START_MARK = "<!-- bench:results:start -->"
 END_MARK = "<!-- bench:results:end -->"
@@ -98,7 +98,8 @@ def main_tables(results: dict[str, Any]) -> str:
         if not any(key[1] == workload for key in summary):
             continue
         ceiling = summary.get(("g", workload), {}).get("rps", 0.0)
-        out.append(f"**{path}** ({'one indexed query' if workload == 'items' else 'three queries in transaction.atomic()'})\n")
+        what = "one indexed query" if workload == "items" else "three queries in atomic()"
+        out.append(f"**{path}** ({what})\n")
         out.append("| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run |")
         out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for key, label in setups.items():
@@ -128,19 +129,21 @@ def budget_table(results: dict[str, Any]) -> str:
     plan = results["plan"]
     out = [f"max_connections={plan['budget_max_connections']} (3 of them reserved for "
            f"superusers), gunicorn {plan['budget_workers']} × {plan['budget_threads']} "
-           f"threads, wrk -c {plan['budget_connections']} on /items/ for "
-           f"{plan['budget_seconds']:g} s:\n",
-           "| setup | req/s | errors | requests | peak conns | serving? | first error logged |",
-           "|---|---:|---:|---:|---:|---|---|"]
+           f"threads, wrk -c {plan['budget_connections']} on {BUDGET_PATH} for "
+           f"{plan['budget_seconds']:g} s, a new connection per request, wrk timeout 5 s:\n",
+           "| setup | req/s | p99 ms | errors | requests | peak conns | serving? "
+           "| first error logged |",
+           "|---|---:|---:|---:|---:|---:|---|---|"]
     for row in results["budget"]:
         if "failed" in row:
-            out.append(f"| {row['setup']} | – | – | – | – | no | {row['failed']} |")
+            out.append(f"| {row['setup']} | – | – | – | – | – | no | {row['failed']} |")
             continue
         total = row["requests"] + row["socket_errors"]
         share = row["errors"] / total if total else 1.0
         serving = "yes" if share == 0 else ("partly" if share < 0.5 else "no")
         first = (row.get("log_lines") or [""])[0].replace("|", "\\|")[:120]
-        out.append(f"| {row['setup']} | {row['rps']:.0f} | {row['errors']} | {total} | "
+        out.append(f"| {row['setup']} | {row['rps']:.0f} | {row['p99_ms']:.0f} | "
+                   f"{row['errors']} | {total} | "
                    f"{row['peak_connections']} | {serving} ({share:.0%} errors) | {first} |")
     return "\n".join(out) + "\n"
 
@@ -247,7 +250,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         axis.grid(axis="y", alpha=0.3)
     rtt = results["plan"]["rtt_ms"]
     figure.suptitle("djpool (c) vs no pooling (a), persistent (b), PgBouncer (d), Django pool "
-                    f"(e), django-db-connection-pool (f), ceiling (g)"
+                    "(e), django-db-connection-pool (f), ceiling (g)"
                     + (f"; RTT +{rtt:g} ms" if rtt else "; loopback"), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

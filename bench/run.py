@@ -45,7 +45,7 @@ from harness import (
     run_wrk,
     versions,
 )
-from setups import WORKLOADS, Setup, select
+from setups import BUDGET_PATH, WORKLOADS, Setup, select, variant_of_c
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -81,11 +81,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         workers=2,
         threads=4,
         connections=args.connections,
-        budget_seconds=2.0 if quick else 5.0,
+        budget_seconds=3.0 if quick else 5.0,
         budget_max_connections=20,
         budget_workers=3,
         budget_threads=8,
-        budget_connections=24,
+        budget_connections=32,
         rtt_ms=args.rtt,
     )
 
@@ -191,15 +191,16 @@ class Deployment:
 
 
 def measure(stage: Stage, sampler: ConnectionSampler, deployment: Deployment, path: str,
-            seconds: float, warmup: float, connections: int) -> dict[str, Any]:
+            seconds: float, warmup: float, connections: int,
+            timeout_s: int = 10, keepalive: bool = True) -> dict[str, Any]:
     """One measured wrk run after a short warm-up; what wrk and the server saw."""
     url = deployment.url(path)
     if warmup > 0:
-        run_wrk(url, warmup, connections)
+        run_wrk(url, warmup, connections, timeout_s=timeout_s, keepalive=keepalive)
     database = deployment.setup.database
     opened_before = stage.server.connections_opened(database=database)
     sampler.reset()
-    result = run_wrk(url, seconds, connections)
+    result = run_wrk(url, seconds, connections, timeout_s=timeout_s, keepalive=keepalive)
     peak = sampler.peak(database)
     opened = stage.server.connections_opened(database=database) - opened_before
     return {
@@ -249,7 +250,7 @@ def run_main(plan: Plan, setups: list[Setup], workloads: list[str]) -> dict[str,
 
 
 def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
-    """max_connections=20 (3 reserved for superusers), 3 workers x 8 threads; one setup at a time."""
+    """max_connections=20 (3 reserved for superusers), 3 workers x 8 threads; one at a time."""
     stage = Stage(max_connections=plan.budget_max_connections, rtt_ms=plan.rtt_ms).start(setups)
     results = []
     try:
@@ -259,14 +260,16 @@ def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
                                         pool_budget=plan.budget_workers * 5)
                 try:
                     deployment.start()
-                    figures = measure(stage, sampler, deployment, WORKLOADS["items"],
+                    figures = measure(stage, sampler, deployment, BUDGET_PATH,
                                       plan.budget_seconds, plan.warmup,
-                                      plan.budget_connections)
+                                      plan.budget_connections, timeout_s=5,
+                                      keepalive=False)
                     figures["log_lines"] = _error_lines(deployment.app.log_text())
                 except Exception as error:  # noqa: BLE001 - a setup that cannot start is a result
                     figures = {"failed": f"{type(error).__name__}: {error}"[:400]}
                 finally:
                     deployment.stop()
+                    _wait_drained(stage, setup.database)
                 figures["setup"] = setup.key
                 results.append(figures)
                 print(f"       budget {setup.key:6} "
@@ -277,6 +280,13 @@ def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
     finally:
         stage.close()
     return results
+
+
+def _wait_drained(stage: Stage, database: str, timeout: float = 20.0) -> None:
+    """Wait until the server has no connection to ``database`` left (its slots are free)."""
+    deadline = time.monotonic() + timeout
+    while stage.server.backends(datname=database) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _error_lines(log: str, limit: int = 3) -> list[str]:
@@ -318,6 +328,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workloads", default="items,items3")
     parser.add_argument("--no-budget", action="store_true", help="skip the connection budget")
     parser.add_argument("--no-startup", action="store_true", help="skip bench/startup.py")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=TREE",
+                        help="also run c with TREE/shim (a proposal applied to a copy)")
     parser.add_argument("--docs", action="store_true",
                         help="rewrite docs/benchmark.md's result sections and docs/benchmark.png")
     args = parser.parse_args(argv)
@@ -325,7 +337,7 @@ def main(argv: list[str]) -> int:
     import report
 
     plan = make_plan(args)
-    setups = select(args.setups)
+    setups = select(args.setups) + [variant_of_c(spec) for spec in args.variant]
     workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
     command = "make bench" if not argv else "make bench BENCH_ARGS=" + shlex.quote(" ".join(argv))
     started = time.monotonic()

@@ -7,7 +7,8 @@ BENCH_* variables into DATABASES changes the app's own settings cannot make.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 # djpool's defaults (lib/djpool/config.py), for the connection-count target.
 DJPOOL_POOL_SIZE = 5
@@ -20,21 +21,21 @@ class Setup:
 
     key: short name used in tables ("c", "d-txn", ...).
     label: what it is, for people.
-    shim: djpool's shim on PYTHONPATH.
+    shim: djpool's shim on PYTHONPATH (True: this repo's; a Path: another tree's shim/).
     env: config vars for the app (APP_*, BENCH_*, POOL_*).
     pgbouncer: PgBouncer pool mode when the app talks to a local PgBouncer.
     """
 
     key: str
     label: str
-    shim: bool = False
+    shim: bool | Path = False
     env: dict[str, str] = field(default_factory=dict)
     pgbouncer: str | None = None
 
     @property
     def database(self) -> str:
         """Each setup has a database of its own, so the server's counts tell them apart."""
-        return "bench_" + self.key.replace("-", "_")
+        return "bench_" + self.key.replace("-", "_").replace("+", "_")
 
 
 SETUPS: tuple[Setup, ...] = (
@@ -43,10 +44,14 @@ SETUPS: tuple[Setup, ...] = (
           env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"}),
     Setup("c", "djpool, default config (shim, CONN_MAX_AGE=0)", shim=True,
           env={"APP_CONN_MAX_AGE": "0"}),
-    Setup("d-sess", "PgBouncer session mode (buildpack config)", pgbouncer="session",
-          env={"APP_CONN_MAX_AGE": "0"}),
-    Setup("d-txn", "PgBouncer transaction mode (buildpack config)", pgbouncer="transaction",
-          env={"APP_CONN_MAX_AGE": "0"}),
+    # The app of b with heroku-buildpack-pgbouncer added: its client connections to the
+    # local PgBouncer persist (with CONN_MAX_AGE=0 every request would pay a SCRAM login
+    # to PgBouncer, as slow as setup a; see docs/benchmark.md).
+    Setup("d-sess", "PgBouncer session mode (buildpack config, app as b)", pgbouncer="session",
+          env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"}),
+    Setup("d-txn", "PgBouncer transaction mode (buildpack config, app as b)",
+          pgbouncer="transaction",
+          env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"}),
     Setup("e", "Django native pool (psycopg_pool, OPTIONS['pool']=True)",
           env={"APP_CONN_MAX_AGE": "0", "BENCH_DB_OPTIONS": '{"pool": true}'}),
     Setup("f", "django-db-connection-pool (defaults)",
@@ -62,6 +67,14 @@ WORKLOADS: dict[str, str] = {
     "items3": "/items3/",  # three indexed queries in transaction.atomic()
 }
 
+# The connection-budget scenario's request holds its connection for a while
+# (SELECT pg_sleep), so that every app thread needs one at the same time, as
+# under a burst of slower requests; with /items/ on loopback, two cores serve the
+# load with a few threads per process and the budget is never tested. Its
+# requests come on new connections (wrk -H "Connection: close"), as from Heroku's
+# router, so gunicorn's processes share them evenly.
+BUDGET_PATH = "/slow/?ms=50"
+
 
 def select(keys: str | None) -> list[Setup]:
     """The setups named in a comma-separated list ("a,c,g"), or all of them."""
@@ -73,3 +86,12 @@ def select(keys: str | None) -> list[Setup]:
         raise SystemExit(f"unknown setup(s) {', '.join(unknown)}; "
                          f"known: {', '.join(BY_KEY)}")
     return [BY_KEY[key] for key in wanted]
+
+
+def variant_of_c(spec: str) -> Setup:
+    """``NAME=TREE``: setup c with the shim of another tree (a proposal applied to a copy)."""
+    name, _, tree = spec.partition("=")
+    if not name or not tree or not (Path(tree) / "shim").is_dir():
+        raise SystemExit(f"--variant wants NAME=TREE with TREE/shim a directory, not {spec!r}")
+    return replace(BY_KEY["c"], key=f"c+{name}", label=f"djpool + {name}",
+                   shim=Path(tree).resolve() / "shim")

@@ -1,0 +1,132 @@
+"""Measure proposed changes to lib/djpool (bench/proposals/*.diff) without applying them here.
+
+Each patch is applied to a fresh copy of this repo's lib/ and shim/ (under
+bench/out/trees/NAME, kept so ``bench/run.py --variant NAME=bench/out/trees/NAME``
+can drive it with wrk), and, when there are several, all of them in order to
+one more copy ("all"). Then one process per variant loops over a request's
+database work (bench/startup.py's loop: close_old_connections, SELECT 1,
+close_old_connections) and the sample app's WSGI handler (bench/profile_request.py's
+loop, /items/ and /items3/), interleaved, and prints per request: wall time,
+the client's CPU time and the server backend's CPU time.
+
+    .venv/bench/bin/python bench/proposals/measure.py [PATCH ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(BENCH))
+
+from harness import APP_DIR, REPO, PostgresServer, bench_python  # noqa: E402
+from profile_request import CHILD, child_env  # noqa: E402
+from startup import Variant, per_request, print_per_request  # noqa: E402
+
+TREES = BENCH / "out" / "trees"
+
+
+def make_tree(name: str, patches: list[Path]) -> Path:
+    """A copy of lib/ and shim/ with ``patches`` applied (git apply, in order)."""
+    tree = TREES / name
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("lib", "shim"):
+        shutil.copytree(REPO / part, tree / part, ignore=ignore)
+    for patch in patches:
+        subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch.resolve())],
+                       cwd=tree, check=True, capture_output=True, text=True)
+    return tree
+
+
+def wsgi_per_request(python: str, url: str, trees: dict[str, Path | bool], path: str,
+                     repeats: int, requests: int,
+                     batches: int) -> dict[str, dict[str, float | None]]:
+    """Per request of the app's WSGI handler, one process per variant, interleaved:
+    medians of wall µs, client CPU µs and server CPU µs."""
+    samples: dict[str, list[dict[str, float | None]]] = {name: [] for name in trees}
+    for _ in range(repeats):
+        for name, shim in trees.items():
+            env = child_env(url, "g" if shim is False else "c", path)
+            if isinstance(shim, Path):
+                env["PYTHONPATH"] = env["PYTHONPATH"].replace(
+                    str(REPO / "shim"), str(shim / "shim"))
+            done = subprocess.run([python, "-c", CHILD, str(requests), str(batches)], env=env,
+                                  cwd=APP_DIR, capture_output=True, text=True, timeout=600)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("PROFILEJSON ")]
+            if done.returncode != 0 or not lines:
+                raise RuntimeError(f"{name} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+            samples[name] += json.loads(lines[-1][len("PROFILEJSON "):])["batches"]
+    summary: dict[str, dict[str, float | None]] = {}
+    for name, seen in samples.items():
+        summary[name] = {}
+        for key in ("wall_us", "client_cpu_us", "server_cpu_us"):
+            values = [batch[key] for batch in seen if batch[key] is not None]
+            summary[name][key] = statistics.median(values) if values else None
+    return summary
+
+
+def _cpu(row: dict[str, float | None]) -> float:
+    return (row["client_cpu_us"] or 0.0) + (row["server_cpu_us"] or 0.0)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("patches", nargs="*", type=Path)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    patches = args.patches or sorted((BENCH / "proposals").glob("*.diff"))
+    trees: dict[str, Path] = {}
+    for patch in patches:
+        parts = patch.stem.split("-")
+        name = parts[1] if parts[0].isdigit() and len(parts) > 1 else patch.stem
+        trees[name] = make_tree(name, [patch])
+        print(f"       {name}: {patch.name} -> {trees[name].relative_to(REPO)}")
+    if len(patches) > 1:
+        trees["all"] = make_tree("all", patches)
+        print(f"       all: {len(patches)} patches in order -> {trees['all'].relative_to(REPO)}")
+    python = str(bench_python())
+    repeats, iterations, batches = (1, 500, 3) if args.quick else (3, 1000, 5)
+    with PostgresServer() as server:
+        server.create_role("app", "bench-proposals-password")
+        server.create_database("app", owner="app")
+        url = server.url("app", "app", sslmode="require", application_name="bench-proposals")
+        env = child_env(url, "g", "/items/")
+        for command in (["migrate", "--no-input"], ["seed_items", "1000"]):
+            subprocess.run([python, str(APP_DIR / "manage.py"), *command], env=env,
+                           cwd=APP_DIR, check=True, capture_output=True, timeout=300)
+        variants: dict[str, Variant] = {
+            "g: persistent connection (ceiling)": ({"LOOP_CONN_MAX_AGE": "none"}, False,
+                                                   iterations),
+            "c: djpool as it is": ({"LOOP_CONN_MAX_AGE": "0"}, True, iterations),
+        }
+        for name, tree in trees.items():
+            variants[f"c+{name}"] = ({"LOOP_CONN_MAX_AGE": "0"}, tree / "shim", iterations)
+        print(f"-----> One request's database work (SELECT 1), {repeats} x {batches} batches "
+              f"of {iterations}; server TimeZone {server.query('SHOW TimeZone')[0][0]}")
+        results = per_request(python, url, variants, repeats, batches)
+        print_per_request(print, results, "g: persistent connection (ceiling)")
+        wsgi_trees: dict[str, Path | bool] = {"g": False, "c": True, **trees}
+        for path in ("/items/", "/items3/"):
+            print(f"-----> The sample app's {path} through its WSGI handler, one thread")
+            found = wsgi_per_request(python, url, wsgi_trees, path, repeats,
+                                     iterations, batches)
+            print_per_request(print, found, "g")
+            g_cpu = _cpu(found["g"])
+            print("       CPU-bound throughput relative to g (client + server CPU): "
+                  + ", ".join(f"{name} {g_cpu / _cpu(row):.2f}" for name, row in found.items()))
+    variants_args = " ".join(f"--variant {name}={tree.relative_to(REPO)}"
+                             for name, tree in trees.items())
+    print(f"\n       wrk: .venv/bench/bin/python bench/run.py --setups c,g {variants_args}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
