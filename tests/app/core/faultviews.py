@@ -34,12 +34,19 @@ def _backend_pid_of(dbapi_connection) -> int | None:
         return None
 
 
+def _is_broken(dbapi_connection) -> bool:
+    """True if the driver knows the connection is closed or lost (no round trip)."""
+    closed = getattr(dbapi_connection, "closed", False)  # psycopg 3: bool; psycopg2: 0, 1, 2
+    return bool(closed) or bool(getattr(dbapi_connection, "broken", False))
+
+
 def pool(request):
     """This worker's pools: {"pid": worker pid, "pools": [...]}, "pools" null without djpool.
 
     Per pool: alias, dbname, size, checkedin, checkedout, overflow (SQLAlchemy's
     own counts), connects, checkouts, invalidated (djpool's counters) and
-    idle_backend_pids, the server pids of the connections waiting in the pool.
+    idle_backend_pids, the server pids of the connections waiting in the pool,
+    and idle_broken, how many of those the driver knows to be closed or lost.
     With ?repr=1 also the repr() of the registry, the entry and the pool, and
     the pool's status() line, which the security tests search for passwords.
     """
@@ -51,7 +58,8 @@ def pool(request):
     pools = []
     for entry in registry.entries():
         queue = getattr(entry.pool, "_pool", None)  # SQLAlchemy's queue of idle records
-        records = list(getattr(queue, "queue", ()))
+        records = [record for record in list(getattr(queue, "queue", ()))
+                   if record.dbapi_connection is not None]
         shown = {
             "alias": entry.alias,
             "dbname": entry.dbname,
@@ -62,11 +70,8 @@ def pool(request):
             "connects": entry.counters.connects,
             "checkouts": entry.counters.checkouts,
             "invalidated": entry.counters.invalidated,
-            "idle_backend_pids": [
-                _backend_pid_of(record.dbapi_connection)
-                for record in records
-                if record.dbapi_connection is not None
-            ],
+            "idle_backend_pids": [_backend_pid_of(record.dbapi_connection) for record in records],
+            "idle_broken": sum(1 for record in records if _is_broken(record.dbapi_connection)),
         }
         if with_repr:
             shown.update(registry_repr=repr(registry), entry_repr=repr(entry),
