@@ -259,6 +259,22 @@ emit(seen=seen)
                                                         "leak_role", False)
 
 
+@pytest.mark.parametrize("stack", [DEFAULT_STACK, "dj42-psycopg2"])
+def test_time_zone_needs_no_statement_on_a_reused_connection(stack, pg, db_env):
+    # The zone is the session default from the startup packet ('client'), so the
+    # reset keeps it and Django's check at checkout finds nothing to SET.
+    out = results(run_script(stack, """
+seen = []
+for _ in range(3):
+    seen.append([backend_pid(), one("SHOW TimeZone"),
+                 one("SELECT source FROM pg_settings WHERE name = 'TimeZone'")])
+    end_request()
+emit(seen=seen)
+""", {**db_env, "POOL_SIZE": "1", "APP_USE_TZ": "0", "APP_TIME_ZONE": "America/New_York"}))
+    assert len({pid for pid, _, _ in out["seen"]}) == 1
+    assert [row[1:] for row in out["seen"]] == [["America/New_York", "client"]] * 3
+
+
 def test_conn_max_age_is_treated_as_zero_with_one_warning(pg, db_env):
     proc = run_script(DEFAULT_STACK, REUSE, {**db_env, "APP_CONN_MAX_AGE": "600"})
     out = results(proc)

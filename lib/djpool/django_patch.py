@@ -44,6 +44,24 @@ def _open_for_pool() -> Any:
     return _creating.factory()
 
 
+def with_session_time_zone(wrapper: Any, conn_params: dict[str, Any]) -> dict[str, Any]:
+    """Connection parameters that make Django's time zone the session default.
+
+    DISCARD ALL puts every setting back to its session default. Django sets
+    the time zone with ``SET TIME ZONE`` whenever the server's differs from
+    the one it wants (even 'Etc/UTC' against 'UTC'), so after each reset that
+    would cost a round trip at the next checkout. Sent in the startup packet
+    (``options=-c TimeZone=...``) it is the session default: the reset keeps
+    it and Django finds nothing to change.
+    """
+    zone = getattr(wrapper, "timezone_name", None)
+    if not zone:
+        return conn_params
+    option = "-c TimeZone=" + str(zone).replace("\\", "\\\\").replace(" ", "\\ ")
+    existing = conn_params.get("options")
+    return {**conn_params, "options": f"{existing} {option}" if existing else option}
+
+
 def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) -> None:
     """Patch ``base.DatabaseWrapper`` (once) so its connections come from ``registry``'s pools."""
     wrapper_class = base.DatabaseWrapper
@@ -82,7 +100,8 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
 
         def factory() -> Any:
             try:
-                connection = original_get_new_connection(wrapper, conn_params)
+                connection = original_get_new_connection(
+                    wrapper, with_session_time_zone(wrapper, conn_params))
             except Exception as error:
                 counters.failed_connect, counters.failed_connect_at = error, time.monotonic()
                 raise
