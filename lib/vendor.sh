@@ -146,6 +146,9 @@ function vendor::install() {
 	local pip_command pip
 	pip_command="$(python::pip "${python}")"
 	mapfile -t pip <<<"${pip_command}"
+	# No pip cache outside CACHE_DIR (the wheels are the cache), and no
+	# warning when a local build runs as root.
+	pip=(env PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore "${pip[@]}")
 
 	# One set of wheels per interpreter and requirement list: when either
 	# changes, the old wheels go, so the cache never grows without bound.

@@ -132,6 +132,31 @@ def in_threads(count: int, work) -> list:
     return results
 
 
+def first_query_in_every_worker(web, workers: list[int]) -> None:
+    """One query at a time until every worker has made one (and so built its pool).
+
+    Works around a runtime bug (see RUNTIME_BUG_TWO_POOLS): concurrent first
+    queries in a new worker can build two pools for the same database.
+    Needs POOL_MAX_OVERFLOW=0, so that the connection stays open for /proc to see.
+    """
+    served: set[int] = set()
+    for _ in range(200):
+        status, body = web.post_json("/sql/", {"sql": ["SELECT inet_client_port()"]})
+        assert status == 200, body
+        served.add(client_port_owner(workers, body["rows"][0][0]))
+        if served >= set(workers):
+            return
+    raise AssertionError(f"only workers {served} of {workers} answered 200 requests")
+
+
+RUNTIME_BUG_TWO_POOLS = pytest.mark.xfail(
+    reason="runtime bug: the pool key includes Django's psycopg 3 'context' (an AdaptersMap "
+           "compared by identity, made by an lru_cache that is not atomic), so concurrent "
+           "first queries in a new process can build two pools for one database and the "
+           "process exceeds POOL_SIZE + POOL_MAX_OVERFLOW",
+    strict=False)
+
+
 @pytest.fixture(scope="module")
 def heroku_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("heroku")
@@ -342,6 +367,7 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
 
     # Which worker used which server backend: the request reports the backend's
     # pid and the client port; /proc says which worker holds that socket.
+    first_query_in_every_worker(web, workers)
     backends_of = defaultdict(set)
 
     def backend(_):
@@ -380,9 +406,20 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
 
 def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, pg,
                                                     appname: str, database_url: str) -> None:
-    web = dynos(base_app, "web", {"DATABASE_URL": database_url})
-    wait_for(lambda: len(web.worker_pids()) == WORKERS, what=f"{WORKERS} gunicorn workers")
-    limit = WORKERS * (POOL_SIZE + POOL_MAX_OVERFLOW)
+    """16 clients at once against 2 workers x 4 threads, with 2 x 3 pooled connections.
+
+    Without overflow, so that the bound is exact on the server's side too: an
+    overflow connection is closed when it comes back, and its server process
+    can still be listed in pg_stat_activity for a moment after, next to the
+    one that replaces it.
+    """
+    pool_size = 3
+    web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size),
+                                  "POOL_MAX_OVERFLOW": "0"})
+    workers = wait_for(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+                       what=f"{WORKERS} gunicorn workers")
+    first_query_in_every_worker(web, workers)
+    limit = WORKERS * pool_size
     samples: list[int] = []
     done = threading.Event()
 
@@ -400,14 +437,36 @@ def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, 
                 status, _body = web.get("/slow/?ms=100")
                 statuses.append(status)
 
-        in_threads(16, fire)  # 16 clients > 2 workers x 4 threads > 2 x (2 + 1) connections
+        in_threads(16, fire)  # 16 clients > 2 workers x 4 threads > 2 x 3 connections
     finally:
         done.set()
         sampler.join()
     assert statuses == [200] * 96
     assert max(samples) <= limit, samples
     assert max(samples) > WORKERS  # the load did need more than one connection per worker
-    assert pg.connections_opened(application_name=appname) < len(statuses)
+    # Nothing was closed and reopened: every login of the whole run is one of those.
+    assert pg.connections_opened(application_name=appname) <= limit
+
+
+@RUNTIME_BUG_TWO_POOLS
+def test_concurrent_first_queries_build_one_pool_per_worker(base_app: HerokuApp, dynos,
+                                                            database_url: str) -> None:
+    """Fresh workers hit by a burst of first requests: still one pool each (/pool/)."""
+    for _ in range(4):  # a race: a few fresh dynos
+        web = dynos(base_app, "web", {"DATABASE_URL": database_url})
+        wait_for(lambda web=web: len(web.worker_pids()) == WORKERS,
+                 what=f"{WORKERS} gunicorn workers")
+        in_threads(16, lambda _, web=web: web.get("/slow/?ms=50"))
+        pools_of = {}
+        for _ in range(100):
+            status, body = web.get("/pool/")
+            assert status == 200, body
+            pools_of[body["pid"]] = body["pools"]
+            if len(pools_of) == WORKERS:
+                break
+        for pid, pools in pools_of.items():
+            assert len(pools) == 1, (pid, pools)
+        web.stop()
 
 
 def test_pool_disabled_leaves_the_app_unpooled(base_app: HerokuApp, dynos, pg, appname: str,
