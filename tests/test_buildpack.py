@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.heroku import REPO, HerokuApp, free_port
+from support.heroku import REPO, HerokuApp, PythonBuildpack, free_port
 
 APP_SOURCE = REPO / "tests" / "app"
 APPS = REPO / "tests" / "buildpack_apps"
@@ -310,6 +310,20 @@ def test_heroku_ci_build_in_the_app_dir_itself(base_app: HerokuApp, heroku_dir: 
     done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     assert last_line(done.stdout) == "patched True"
+
+
+def test_python_without_pip_uses_the_pip_bundled_in_the_standard_library(
+        base_app: HerokuApp, heroku_dir: Path, database_url: str) -> None:
+    """heroku/python installs no pip for uv and Poetry apps: ensurepip's wheel does the job."""
+    app = HerokuApp(sources(), heroku_dir / "no-pip", BASE_CONFIG, cache_dir=base_app.cache_dir,
+                    python_buildpack=PythonBuildpack(with_pip=False))
+    build = app.build()
+    assert build.ok, build.log
+    assert "No module named pip" in app.run("python -m pip --version").stderr
+    assert "       SQLAlchemy 2.1.9: djpool's private copy" in build.stdout
+    done = app.run("python -c 'import sqlalchemy; print(sqlalchemy.__file__)'",
+                   env={"DATABASE_URL": database_url})
+    assert done.stdout.strip() == f"{app.runtime_dir}/.djpool/vendor/sqlalchemy/__init__.py"
 
 
 def test_cold_cache_with_no_index_reachable_fails_clearly(heroku_dir: Path) -> None:

@@ -112,9 +112,12 @@ def machine_python() -> str:
 class PythonBuildpack:
     """Stand-in for heroku/python: Python and the app's requirements, the export file."""
 
-    def __init__(self, python: str | None = None, uv: str | None = None) -> None:
+    def __init__(self, python: str | None = None, uv: str | None = None, *,
+                 with_pip: bool = True) -> None:
+        """with_pip=False: a Python without pip, as heroku/python leaves uv and Poetry apps."""
         self.python = python or machine_python()
         self.uv = uv or find_uv()
+        self.with_pip = with_pip
 
     def compile(self, build_dir: Path, runtime_dir: Path, export_path: Path,
                 env: Mapping[str, str]) -> tuple[bool, str]:
@@ -131,7 +134,8 @@ class PythonBuildpack:
         uv_env = {**env, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
         steps = [
             ("Installing Python (a virtualenv at the runtime path)",
-             [self.uv, "venv", "--quiet", "--seed", "--python", self.python, str(python_home)]),
+             [self.uv, "venv", "--quiet", *(["--seed"] if self.with_pip else []),
+              "--python", self.python, str(python_home)]),
             ("Installing requirements with uv",
              [self.uv, "pip", "install", "--quiet", "--python", str(python_home / "bin" / "python"),
               "-r", str(build_dir / "requirements.txt")]),
