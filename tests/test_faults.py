@@ -14,6 +14,7 @@ own, so the session's server stays up for the rest of the suite.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import secrets
@@ -109,7 +110,7 @@ def timed(send: Callable[[], tuple[int, Any]]) -> Outcome:
     started = time.monotonic()
     try:
         status, body = send()
-    except OSError as error:  # refused, reset, timed out: no answer
+    except (OSError, http.client.HTTPException) as error:  # refused, reset, cut short
         status, body = None, repr(error)
     return Outcome(started, time.monotonic(), status, body)
 
