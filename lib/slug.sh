@@ -20,10 +20,26 @@ function slug::install_djpool() {
 	find "${djpool_root}" \( -name '__pycache__' -o -name '*.pyc' \) -prune -exec rm -rf {} +
 }
 
-# slug::find_build_dir_paths BUILD_DIR DIR...: print the files under DIR that
-# name the build dir, which does not exist at runtime.
-function slug::find_build_dir_paths() {
-	local build_dir="${1}"
-	shift
-	grep -rlF -- "${build_dir}" "$@" || true
+# slug::ensure_no_build_dir_paths BUILD_DIR APP_HOME PATH...: stop the build
+# if a file under PATH names the build dir, which does not exist at runtime.
+# (Heroku CI builds in /app itself: there the build dir is the runtime dir.)
+function slug::ensure_no_build_dir_paths() {
+	local build_dir="${1}" app_home="${2}"
+	shift 2
+	if [[ "$(realpath -m "${build_dir}")" == "$(realpath -m "${app_home}")" ]]; then
+		return 0
+	fi
+	local leaked
+	leaked="$(grep -rlF -- "${build_dir}" "$@" || true)"
+	if [[ -n "${leaked}" ]]; then
+		failure::abort <<-EOF
+			Internal error: files in .djpool name the build directory.
+
+			The build runs in ${build_dir}, which does not exist when the
+			app runs, and these files refer to it:
+			${leaked}
+
+			Report this with the build log.
+		EOF
+	fi
 }
