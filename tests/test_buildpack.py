@@ -135,8 +135,7 @@ def in_threads(count: int, work) -> list:
 def first_query_in_every_worker(web, workers: list[int]) -> None:
     """One query at a time until every worker has made one (and so built its pool).
 
-    Works around a runtime bug (see RUNTIME_BUG_TWO_POOLS): concurrent first
-    queries in a new worker can build two pools for the same database.
+    Makes sure every worker has built its pool before a burst is measured.
     Needs POOL_MAX_OVERFLOW=0, so that the connection stays open for /proc to see.
     """
     served: set[int] = set()
@@ -147,14 +146,6 @@ def first_query_in_every_worker(web, workers: list[int]) -> None:
         if served >= set(workers):
             return
     raise AssertionError(f"only workers {served} of {workers} answered 200 requests")
-
-
-RUNTIME_BUG_TWO_POOLS = pytest.mark.xfail(
-    reason="runtime bug: the pool key includes Django's psycopg 3 'context' (an AdaptersMap "
-           "compared by identity, made by an lru_cache that is not atomic), so concurrent "
-           "first queries in a new process can build two pools for one database and the "
-           "process exceeds POOL_SIZE + POOL_MAX_OVERFLOW",
-    strict=False)
 
 
 @pytest.fixture(scope="module")
@@ -462,7 +453,6 @@ def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, 
     assert pg.connections_opened(application_name=appname) <= limit
 
 
-@RUNTIME_BUG_TWO_POOLS
 def test_concurrent_first_queries_build_one_pool_per_worker(base_app: HerokuApp, dynos,
                                                             database_url: str) -> None:
     """Fresh workers hit by a burst of first requests: still one pool each (/pool/)."""
@@ -520,16 +510,9 @@ def test_the_systems_python_is_left_alone(base_app: HerokuApp, database_url: str
 # -- apps with their own SQLAlchemy --------------------------------------------------
 
 
-RUNTIME_BUG_SQLALCHEMY14_PSYCOPG2 = pytest.mark.xfail(
-    reason="runtime bug: djpool.pool.dialect_for calls PGDialect_psycopg2.import_dbapi(), "
-           "which SQLAlchemy 1.4 does not have (its name there is dbapi()), and the "
-           "AttributeError reaches the app's query instead of leaving it unpooled",
-    raises=AssertionError, strict=False)
-
-
 @pytest.mark.parametrize(("variant", "version"), [
     ("sqlalchemy14", "1.4.54"),
-    pytest.param("sqlalchemy14_psycopg2", "1.4.54", marks=RUNTIME_BUG_SQLALCHEMY14_PSYCOPG2),
+    ("sqlalchemy14_psycopg2", "1.4.54"),
     ("sqlalchemy2", "2.0.41"),
 ])
 def test_the_apps_own_sqlalchemy_is_kept_and_pools(heroku_dir: Path, dynos, pg, appname: str,

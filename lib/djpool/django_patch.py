@@ -74,6 +74,7 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
     original_get_new_connection = wrapper_class.get_new_connection
     original_close = wrapper_class._close
     isolation_levels = base.IsolationLevel
+    unpoolable: set[str] = set()  # aliases whose pool could not be built
 
     def is_pooled(wrapper: Any) -> bool:
         if wrapper.alias == NO_DB_ALIAS:
@@ -93,8 +94,22 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
             ping_every_checkout=bool(wrapper.settings_dict.get("CONN_HEALTH_CHECKS")),
         )
 
-    def checkout(wrapper: Any, conn_params: dict[str, Any]) -> tuple[Any, PoolEntry, bool]:
-        entry = registry.get(wrapper.alias, conn_params, lambda: make_pool(wrapper))
+    def pool_entry(wrapper: Any, conn_params: dict[str, Any]) -> PoolEntry | None:
+        """The wrapper's pool, or None (with one line) if no pool can be built for it."""
+        if wrapper.alias in unpoolable:
+            return None
+        try:
+            return registry.get(wrapper.alias, conn_params, lambda: make_pool(wrapper),
+                                extra=(("TimeZone", getattr(wrapper, "timezone_name", None)),))
+        except Exception as error:  # noqa: BLE001 - never take the app down
+            unpoolable.add(wrapper.alias)
+            say_once(f"unpoolable:{wrapper.alias}",
+                     f"cannot build a pool for database alias {wrapper.alias!r} "
+                     f"({type(error).__name__}: {error}); running it unpooled")
+            return None
+
+    def checkout(wrapper: Any, entry: PoolEntry,
+                 conn_params: dict[str, Any]) -> tuple[Any, bool]:
         counters = entry.counters
         opened = []
 
@@ -126,7 +141,7 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
                         raise exhausted(wrapper.alias) from error
         finally:
             _creating.factory = None
-        return fairy, entry, bool(opened) and opened[-1] is fairy.dbapi_connection
+        return fairy, bool(opened) and opened[-1] is fairy.dbapi_connection
 
     def exhausted(alias: str) -> Exception:
         return OperationalError(
@@ -155,8 +170,11 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
                      f"database alias {self.alias!r} sets CONN_MAX_AGE={max_age!r}; "
                      "djpool treats it as 0: the connection goes back to the pool at the "
                      "end of each request and the pool keeps it open")
+        entry = pool_entry(self, conn_params)
+        if entry is None:
+            return original_get_new_connection(self, conn_params)
         self.close_at = time.monotonic()  # CONN_MAX_AGE=0: return it when the request ends
-        fairy, entry, fresh = checkout(self, conn_params)
+        fairy, fresh = checkout(self, entry, conn_params)
         connection = fairy.dbapi_connection
         if not fresh:
             apply_isolation_level(self, connection)

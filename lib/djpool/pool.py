@@ -56,7 +56,9 @@ def dialect_for(driver: str) -> Any:
         except ImportError:
             _DIALECTS[driver] = None
         else:
-            _DIALECTS[driver] = cls(dbapi=cls.import_dbapi())
+            # SQLAlchemy 2.x names the loader import_dbapi(); 1.4 names it dbapi().
+            load_dbapi = getattr(cls, "import_dbapi", None) or cls.dbapi
+            _DIALECTS[driver] = cls(dbapi=load_dbapi())
     return _DIALECTS[driver]
 
 

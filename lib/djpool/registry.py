@@ -39,17 +39,29 @@ class PoolEntry:
     counters: PoolCounters
 
 
-def pool_key(alias: str, conn_params: Mapping[str, Any]) -> PoolKey:
-    """A hashable key for (alias, parameters); unhashable values count by their repr."""
+def pool_key(alias: str, conn_params: Mapping[str, Any],
+             extra: tuple[tuple[str, Any], ...] = ()) -> PoolKey:
+    """A hashable key for (alias, parameters, extra).
+
+    Values compared only by identity (instances without their own __eq__,
+    like psycopg 3's AdaptersMap that Django passes as ``context``) count by
+    their type: the same settings can produce two such objects (Django builds
+    them in an lru_cache that is not atomic), and keying by identity would
+    then split one database into two pools. What they encode (the time zone)
+    is in ``extra``. Unhashable values count by their repr.
+    """
     items = []
     for name in sorted(conn_params):
         value = conn_params[name]
-        try:
-            hash(value)
-        except TypeError:
-            value = repr(value)
+        if not isinstance(value, type) and type(value).__eq__ is object.__eq__:
+            value = f"<{type(value).__module__}.{type(value).__qualname__}>"
+        else:
+            try:
+                hash(value)
+            except TypeError:
+                value = repr(value)
         items.append((name, value))
-    return alias, tuple(items)
+    return alias, tuple(items) + tuple(extra)
 
 
 class PoolRegistry:
@@ -63,9 +75,10 @@ class PoolRegistry:
         self._inherited: list[Any] = []  # kept alive in a child, never used or freed
 
     def get(self, alias: str, conn_params: Mapping[str, Any],
-            make: Callable[[], tuple[QueuePool, PoolCounters]]) -> PoolEntry:
+            make: Callable[[], tuple[QueuePool, PoolCounters]],
+            extra: tuple[tuple[str, Any], ...] = ()) -> PoolEntry:
         """The pool for these parameters, built by ``make`` the first time."""
-        key = pool_key(alias, conn_params)
+        key = pool_key(alias, conn_params, extra)
         entry = self._pools.get(key)
         if entry is not None:
             return entry
