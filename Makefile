@@ -1,13 +1,17 @@
 # make test   installs what is missing (tests/setup_env.sh), then runs the suite
 # make lint   ruff on the Python, shellcheck on the shell scripts
 # make demo   the sample app built with the buildpack, unpooled then pooled (tests/demo.py)
+# make django-suite   Django's own database tests with and without the shim, every
+#              label and stack (tests/django_suite.py, ~15 min; docs/compatibility.md)
 # Pass pytest arguments with: make test PYTEST_ARGS="-k reset -x"
 
 PYTEST_ARGS ?=
+# e.g. make django-suite DJANGO_SUITE_ARGS="--stacks dj42-psycopg2 --labels transactions"
+DJANGO_SUITE_ARGS ?=
 SHELL_SCRIPTS = $(wildcard bin/* lib/*.sh tests/*.sh .ci/run)
 PYTHON_DIRS = $(wildcard lib shim tests)
 
-.PHONY: setup test lint demo
+.PHONY: setup test lint demo django-suite
 
 setup:
 	bash tests/setup_env.sh
@@ -21,3 +25,6 @@ demo: setup
 lint: setup
 	.venv/test/bin/ruff check $(PYTHON_DIRS)
 	$(if $(SHELL_SCRIPTS),shellcheck --check-sourced --external-sources $(SHELL_SCRIPTS))
+
+django-suite: setup
+	.venv/test/bin/python tests/django_suite.py --json build/django-suite/results.json $(DJANGO_SUITE_ARGS)
