@@ -7,8 +7,9 @@ tiny, standard-library only and harmless:
 1. run the app's own ``sitecustomize``, if one exists further along sys.path;
 2. do nothing more unless DATABASE_URL is set, POOL_DISABLED is not true,
    and this is the interpreter djpool was installed for (DJPOOL_PYTHON_PREFIX,
-   when set, must be this interpreter's sys.prefix: the operating system's
-   own python3 started in the same environment is left alone);
+   when set, must be this interpreter's sys.prefix and hold its executable:
+   the operating system's own python3 started in the same environment is
+   left alone, even with heroku/python's PYTHONHOME exported);
 3. put djpool (../lib) and its private dependencies (../vendor) at the END
    of sys.path, so the app's own packages always win, and hand over to
    ``djpool.startup``, which registers the import hook that patches Django.
@@ -45,10 +46,23 @@ def _run_original_sitecustomize(here):
 
 
 def _is_target_interpreter(environ):
+    """True unless DJPOOL_PYTHON_PREFIX names another interpreter's installation.
+
+    sys.prefix alone is not enough: heroku/python exports PYTHONHOME, which
+    gives any Python started on the dyno (the OS's python3 too) that prefix.
+    So the executable itself must also live under the expected prefix.
+    """
     expected = environ.get("DJPOOL_PYTHON_PREFIX")
     if not expected:
         return True
-    return os.path.realpath(sys.prefix) == os.path.realpath(expected)
+    roots = {os.path.abspath(expected), os.path.realpath(expected)}
+    if os.path.realpath(sys.prefix) not in roots:
+        return False
+    executable = sys.executable
+    if not executable:
+        return False
+    candidates = {os.path.abspath(executable), os.path.realpath(executable)}
+    return any(path.startswith(root + os.sep) for path in candidates for root in roots)
 
 
 def _main():

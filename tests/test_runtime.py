@@ -10,9 +10,11 @@ end of a request when CONN_MAX_AGE is 0.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -409,6 +411,25 @@ def test_another_interpreter_is_left_alone(db_env):
                   {**db_env, "DJPOOL_PYTHON_PREFIX": str(stacks.venv_dir(DEFAULT_STACK))})
     assert proc.returncode == 0
     assert proc.stdout.strip() == "False"
+    assert djpool_lines(proc) == []
+
+
+def test_another_interpreter_is_left_alone_even_with_pythonhome(db_env, tmp_path):
+    # heroku/python exports PYTHONHOME, which gives every interpreter started on
+    # the dyno the app's sys.prefix. Stand-in for the app's installation: a
+    # prefix whose standard library is the test runner's; the runner's base
+    # interpreter then plays the OS's python3 (it lives elsewhere).
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / version).symlink_to(Path(sys.base_prefix) / "lib" / version)
+    base_python = Path(sys.base_prefix) / "bin" / version
+    proc = run_in(base_python,
+                  "import os, sys; print(os.path.realpath(sys.prefix) == os.environ['APP_P'],"
+                  " 'djpool' in sys.modules)",
+                  {**db_env, "PYTHONHOME": str(tmp_path), "DJPOOL_PYTHON_PREFIX": str(tmp_path),
+                   "APP_P": os.path.realpath(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False"]
     assert djpool_lines(proc) == []
 
 
