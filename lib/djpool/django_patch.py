@@ -67,6 +67,7 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
     wrapper_class = base.DatabaseWrapper
     if getattr(wrapper_class, "_djpool_patched", False):
         return
+    from django.core.exceptions import ImproperlyConfigured
     from django.db.backends.base.base import NO_DB_ALIAS
     from django.db.utils import OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -155,7 +156,14 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
         # Mirrors what get_new_connection does on a fresh connection.
         options = wrapper.settings_dict.get("OPTIONS", {})
         if "isolation_level" in options:
-            wrapper.isolation_level = isolation_levels(options["isolation_level"])
+            value = options["isolation_level"]
+            try:
+                wrapper.isolation_level = isolation_levels(value)
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"Invalid transaction isolation level {value} specified. "
+                    "Use one of the psycopg.IsolationLevel values."
+                ) from None
             connection.isolation_level = wrapper.isolation_level
         else:
             wrapper.isolation_level = isolation_levels.READ_COMMITTED
