@@ -134,6 +134,45 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int = 1,
                        f"{done.stdout}\n{done.stderr}")
 
 
+# -- CPU time of process trees ----------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields from the 3rd (state) on
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by ``root``, its reaped children and its live children.
+
+    A server's backends that exited were reaped by the postmaster (their time is
+    in its cutime/cstime); live ones are counted one by one. So the difference
+    of two readings is what the whole tree used in between, however many
+    processes came and went.
+    """
+    fields = _stat_fields(root)
+    if fields is None:
+        return 0.0
+    total = sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        child = _stat_fields(int(entry))
+        if child is not None and child[1] == str(root):
+            total += int(child[11]) + int(child[12])
+    return total / _TICKS
+
+
+def postmaster_pid(server: PostgresServer) -> int:
+    """The server's main process, from postmaster.pid."""
+    return int((server.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+
 # -- sampling the server -------------------------------------------------------
 
 

@@ -40,8 +40,15 @@ def summarise(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
             "connections_opened": statistics.median(run["connections_opened"]
                                                     for run in group),
             "rounds": len(group),
+            "app_cpu_us": statistics.median(run.get("app_cpu_us", 0.0) for run in group),
+            "db_cpu_us": statistics.median(run.get("db_cpu_us", 0.0) for run in group),
         }
     return summary
+
+
+def _cpu(row: dict[str, Any] | None) -> float:
+    """CPU per request, app (gunicorn, PgBouncer) plus database server, in µs."""
+    return (row["app_cpu_us"] + row["db_cpu_us"]) if row else 0.0
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -65,6 +72,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"c / g req/s, {workload}", ratio, ">= 0.95", ratio >= 0.95)
             ratio = _ratio(c["p99_ms"], g["p99_ms"])
             add(f"c / g p99, {workload}", ratio, "<= 1.10", ratio <= 1.10)
+            ratio = _ratio(_cpu(g), _cpu(c))
+            add(f"g / c CPU per request (noise-robust cross-check), {workload}", ratio,
+                ">= 0.95", ratio >= 0.95)
     c, a = summary.get(("c", "items")), summary.get(("a", "items"))
     if c and a:
         ratio = _ratio(c["rps"], a["rps"])
@@ -100,8 +110,10 @@ def main_tables(results: dict[str, Any]) -> str:
         ceiling = summary.get(("g", workload), {}).get("rps", 0.0)
         what = "one indexed query" if workload == "items" else "three queries in atomic()"
         out.append(f"**{path}** ({what})\n")
-        out.append("| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        out.append("| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run "
+                   "| CPU µs/req app+db | g CPU / CPU |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        g_cpu = _cpu(summary.get(("g", workload)))
         for key, label in setups.items():
             row = summary.get((key, workload))
             if row is None:
@@ -109,7 +121,9 @@ def main_tables(results: dict[str, Any]) -> str:
             out.append(
                 f"| {key} | {label} | {row['rps']:.0f} | {_fmt(_ratio(row['rps'], ceiling))} | "
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['errors']} | "
-                f"{row['peak_connections']} | {row['connections_opened']:g} |")
+                f"{row['peak_connections']} | {row['connections_opened']:g} | "
+                f"{row['app_cpu_us']:.0f}+{row['db_cpu_us']:.0f} | "
+                f"{_fmt(_ratio(g_cpu, _cpu(row)))} |")
         out.append("")
     return "\n".join(out)
 

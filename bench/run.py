@@ -42,7 +42,9 @@ from harness import (
     bench_python,
     machine,
     measure_rtt_ms,
+    postmaster_pid,
     run_wrk,
+    tree_cpu_seconds,
     versions,
 )
 from setups import BUDGET_PATH, WORKLOADS, Setup, select, variant_of_c
@@ -181,6 +183,13 @@ class Deployment:
     def url(self, path: str) -> str:
         return self.app.base_url + path
 
+    def cpu_seconds(self) -> float:
+        """CPU used so far by gunicorn (master and workers) and this setup's PgBouncer."""
+        total = tree_cpu_seconds(self.app.master_pid)
+        if self.bouncer is not None and self.bouncer.process is not None:
+            total += tree_cpu_seconds(self.bouncer.process.pid)
+        return total
+
     def stop(self) -> None:
         self.app.stop()
         if self.bouncer is not None:
@@ -199,15 +208,22 @@ def measure(stage: Stage, sampler: ConnectionSampler, deployment: Deployment, pa
         run_wrk(url, warmup, connections, timeout_s=timeout_s, keepalive=keepalive)
     database = deployment.setup.database
     opened_before = stage.server.connections_opened(database=database)
+    postmaster = postmaster_pid(stage.server)
+    cpu_before = deployment.cpu_seconds(), tree_cpu_seconds(postmaster)
     sampler.reset()
     result = run_wrk(url, seconds, connections, timeout_s=timeout_s, keepalive=keepalive)
+    cpu_after = deployment.cpu_seconds(), tree_cpu_seconds(postmaster)
     peak = sampler.peak(database)
     opened = stage.server.connections_opened(database=database) - opened_before
+    served = max(result.requests, 1)
+    app_cpu = (cpu_after[0] - cpu_before[0]) / served * 1e6
+    db_cpu = (cpu_after[1] - cpu_before[1]) / served * 1e6
     return {
         "rps": result.rps, "p50_ms": result.p50_us / 1000, "p90_ms": result.p90_us / 1000,
         "p99_ms": result.p99_us / 1000, "requests": result.requests, "errors": result.errors,
         "status_errors": result.status, "socket_errors": result.errors - result.status,
         "peak_connections": peak, "connections_opened": opened,
+        "app_cpu_us": app_cpu, "db_cpu_us": db_cpu,
     }
 
 
@@ -237,6 +253,7 @@ def run_main(plan: Plan, setups: list[Setup], workloads: list[str]) -> dict[str,
                         print(f"       round {round_number + 1} {workload:6} "
                               f"{deployment.setup.key:6} {figures['rps']:8.1f} req/s  "
                               f"p99 {figures['p99_ms']:7.2f} ms  errors {figures['errors']}"
+                              f"  CPU/req {figures['app_cpu_us']:.0f}+{figures['db_cpu_us']:.0f} µs"
                               f"  peak conns {figures['peak_connections']}"
                               f"  opened {figures['connections_opened']}", flush=True)
         found_versions = versions(stage.server)

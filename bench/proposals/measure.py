@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCH))
 
-from harness import APP_DIR, REPO, PostgresServer, bench_python  # noqa: E402
+from harness import APP_DIR, REPO, DelayProxyProcess, PostgresServer, bench_python  # noqa: E402
 from profile_request import CHILD, child_env  # noqa: E402
 from startup import Variant, per_request, print_per_request  # noqa: E402
 
@@ -40,9 +41,26 @@ def make_tree(name: str, patches: list[Path]) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for part in ("lib", "shim"):
         shutil.copytree(REPO / part, tree / part, ignore=ignore)
+    # The tree lies inside this repository: without a ceiling, git apply would find the
+    # repository and silently skip every path outside the tree's own directory.
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tree.parent)}
     for patch in patches:
-        subprocess.run(["git", "apply", "--whitespace=nowarn", str(patch.resolve())],
-                       cwd=tree, check=True, capture_output=True, text=True)
+        done = subprocess.run(["git", "apply", "--verbose", "--whitespace=nowarn",
+                               str(patch.resolve())],
+                              cwd=tree, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or "Applied patch" not in done.stderr:
+            raise SystemExit(f"{patch.name} does not apply to this checkout:\n{done.stderr}")
+    return tree
+
+
+def tree_at(name: str, revision: str) -> Path:
+    """lib/ and shim/ as they were at ``revision`` (e.g. before a proposal was applied)."""
+    tree = TREES / name
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", revision, "lib", "shim"], cwd=REPO,
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
 
 
@@ -81,15 +99,24 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("patches", nargs="*", type=Path)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                        help="reach the database through the delay proxy (MS per round trip)")
+    parser.add_argument("--no-wsgi", action="store_true", help="only the SELECT 1 loop")
+    parser.add_argument("--ref", action="append", default=[], metavar="NAME=REV",
+                        help="also measure lib/ and shim/ as of git revision REV")
     args = parser.parse_args(argv)
     patches = args.patches or sorted((BENCH / "proposals").glob("*.diff"))
     trees: dict[str, Path] = {}
+    for spec in args.ref:
+        name, _, revision = spec.partition("=")
+        trees[name] = tree_at(name, revision)
+        print(f"       {name}: lib/ and shim/ at {revision}")
     for patch in patches:
         parts = patch.stem.split("-")
         name = parts[1] if parts[0].isdigit() and len(parts) > 1 else patch.stem
         trees[name] = make_tree(name, [patch])
         print(f"       {name}: {patch.name} -> {trees[name].relative_to(REPO)}")
-    if len(patches) > 1:
+    if len(patches) > 1 and len(trees) > len(args.ref):
         trees["all"] = make_tree("all", patches)
         print(f"       all: {len(patches)} patches in order -> {trees['all'].relative_to(REPO)}")
     python = str(bench_python())
@@ -97,7 +124,13 @@ def main(argv: list[str]) -> int:
     with PostgresServer() as server:
         server.create_role("app", "bench-proposals-password")
         server.create_database("app", owner="app")
-        url = server.url("app", "app", sslmode="require", application_name="bench-proposals")
+        proxy = None
+        port = server.port
+        if args.rtt > 0:
+            proxy = DelayProxyProcess(server.host, int(server.port or 0), args.rtt).start()
+            port = proxy.port
+        url = server.url("app", "app", port=port, sslmode="require",
+                         application_name="bench-proposals")
         env = child_env(url, "g", "/items/")
         for command in (["migrate", "--no-input"], ["seed_items", "1000"]):
             subprocess.run([python, str(APP_DIR / "manage.py"), *command], env=env,
@@ -110,11 +143,12 @@ def main(argv: list[str]) -> int:
         for name, tree in trees.items():
             variants[f"c+{name}"] = ({"LOOP_CONN_MAX_AGE": "0"}, tree / "shim", iterations)
         print(f"-----> One request's database work (SELECT 1), {repeats} x {batches} batches "
-              f"of {iterations}; server TimeZone {server.query('SHOW TimeZone')[0][0]}")
+              f"of {iterations}; server TimeZone {server.query('SHOW TimeZone')[0][0]}"
+              + (f"; database RTT +{args.rtt:g} ms" if args.rtt else ""))
         results = per_request(python, url, variants, repeats, batches)
         print_per_request(print, results, "g: persistent connection (ceiling)")
         wsgi_trees: dict[str, Path | bool] = {"g": False, "c": True, **trees}
-        for path in ("/items/", "/items3/"):
+        for path in () if args.no_wsgi else ("/items/", "/items3/"):
             print(f"-----> The sample app's {path} through its WSGI handler, one thread")
             found = wsgi_per_request(python, url, wsgi_trees, path, repeats,
                                      iterations, batches)
@@ -122,6 +156,8 @@ def main(argv: list[str]) -> int:
             g_cpu = _cpu(found["g"])
             print("       CPU-bound throughput relative to g (client + server CPU): "
                   + ", ".join(f"{name} {g_cpu / _cpu(row):.2f}" for name, row in found.items()))
+        if proxy is not None:
+            proxy.stop()
     variants_args = " ".join(f"--variant {name}={tree.relative_to(REPO)}"
                              for name, tree in trees.items())
     print(f"\n       wrk: .venv/bench/bin/python bench/run.py --setups c,g {variants_args}")
