@@ -373,13 +373,16 @@ def test_requests_succeed_again_one_second_after_a_restart(own_pg, run_app, appn
     outcomes = load.stop()
 
     during = [o for o in outcomes if down <= o.started <= ready]
-    assert any(not o.ok for o in during), "the restart was not felt: " + summary(during)
+    # The restart was felt: every connection served before it is gone (whether
+    # a request in flight failed depends on timing, and is allowed either way).
+    pids_before = {o.body["pid"] for o in outcomes if o.ok and o.ended < down}
     late = [o for o in outcomes if o.started >= ready + 1.0]
     assert late and all(o.ok for o in late), summary(late)
     early = [o for o in outcomes if ready <= o.started < ready + 1.0]
     print(f"restart: {len(during)} requests during the outage ({summary(during)}); "
           f"in the first second after it: {summary(early)}; afterwards: {summary(late)}")
     pids_after = {o.body["pid"] for o in late}
+    assert pids_before and not pids_before & pids_after
     assert len(backend_pids(server, appname)) <= 2 * 3
     assert pids_after <= backend_pids(server, appname)
 
