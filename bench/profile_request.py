@@ -120,6 +120,90 @@ CHILD = textwrap.dedent("""
     print("PROFILEJSON " + json.dumps(out))
 """)
 
+# Wall time of each step of a pooled request, measured by wrapping the functions
+# (no profiler: cProfile inflates small Python calls and hides round trips).
+ATTRIBUTE = textwrap.dedent("""
+    import collections, functools, json, os, select, sys, time
+    import django
+    from django.conf import settings
+    import dj_database_url
+    settings.configure(DATABASES={"default": dj_database_url.parse(
+        os.environ["DATABASE_URL"], conn_max_age=0)}, USE_TZ=True, TIME_ZONE="UTC")
+    django.setup()
+    from django.db import close_old_connections, connection
+    from django.db.backends.postgresql import base
+    from sqlalchemy.pool import QueuePool
+    import djpool.reset
+
+    spent, calls = collections.Counter(), collections.Counter()
+
+    def timed(owner, name, label):
+        original = getattr(owner, name)
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - started
+                calls[label] += 1
+        setattr(owner, name, wrapper)
+
+    steps = [
+        (base.DatabaseWrapper, "connect", "checkout: Django's connect()"),
+        (base.DatabaseWrapper, "get_new_connection", "  djpool get_new_connection"),
+        (QueuePool, "connect", "    SQLAlchemy QueuePool.connect (with djpool's events)"),
+        (base.DatabaseWrapper, "set_autocommit", "  Django set_autocommit"),
+        (base.DatabaseWrapper, "init_connection_state",
+         "  Django init_connection_state (time zone, role)"),
+        (base.DatabaseWrapper, "_close", "checkin: djpool _close"),
+        (djpool.reset, "clean", "  reset: rollback + DISCARD ALL"),
+    ]
+    for owner, name, label in steps:
+        timed(owner, name, label)
+
+    def request():
+        close_old_connections()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        close_old_connections()
+
+    n = int(sys.argv[1])
+    for _ in range(500):
+        request()
+    spent.clear(); calls.clear()
+    started = time.perf_counter()
+    for _ in range(n):
+        request()
+    out = {"request": (time.perf_counter() - started) / n * 1e6}
+    out.update({label: spent[label] / n * 1e6 for _, _, label in steps})
+    # the same DISCARD ALL two ways, on a connection of its own
+    raw = connection.get_new_connection(connection.get_connection_params())
+    raw.autocommit = True
+    cursor = raw.cursor()
+    for label, run in (("DISCARD ALL through a psycopg cursor", lambda: cursor.execute(
+            "DISCARD ALL")), ("DISCARD ALL through libpq (pgconn)", None)):
+        if run is None:
+            pgconn = raw.pgconn
+            def run():
+                pgconn.send_query(b"DISCARD ALL")
+                pgconn.flush()
+                while pgconn.is_busy():
+                    select.select([pgconn.socket], [], [], 5)
+                    pgconn.consume_input()
+                while pgconn.get_result() is not None:
+                    pass
+        for _ in range(200):
+            run()
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(n):
+            run()
+        out[label + " (wall)"] = (time.perf_counter() - wall) / n * 1e6
+        out[label + " (client CPU)"] = (time.process_time() - cpu) / n * 1e6
+    print("PROFILEJSON " + json.dumps(out))
+""")
+
 SETUPS = {
     "c": ({"APP_CONN_MAX_AGE": "0"}, True),
     "g": ({"BENCH_CONN_MAX_AGE": "none"}, False),
@@ -164,8 +248,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--attribute", action="store_true",
+                        help="wall time of each checkout/checkin step instead of cProfile")
     args = parser.parse_args(argv)
     python = str(bench_python())
+    if args.attribute:
+        return attribute(python, args.requests, args.repeats)
     with PostgresServer() as server:
         server.create_role("app", secrets.token_urlsafe(18))
         server.create_database("app", owner="app")
@@ -195,6 +283,31 @@ def main(argv: list[str]) -> int:
         print_profile(profiled, args.top)
     if args.json:
         args.json.write_text(json.dumps({"medians_us": medians, "profile": profiled}) + "\n")
+    return 0
+
+
+def attribute(python: str, requests: int, repeats: int) -> int:
+    """Median over ``repeats`` processes of each step's µs per request (SELECT 1 loop)."""
+    with PostgresServer() as server:
+        server.create_role("app", secrets.token_urlsafe(18))
+        server.create_database("app", owner="app")
+        url = server.url("app", "app", sslmode="require", application_name="bench-attribute")
+        env = {**child_env(url, "c", "/"), "DATABASE_URL": url}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        runs = []
+        for _ in range(repeats):
+            done = subprocess.run([python, "-c", ATTRIBUTE, str(requests)], env=env,
+                                  capture_output=True, text=True, timeout=600)
+            lines = [line for line in done.stdout.splitlines()
+                     if line.startswith("PROFILEJSON ")]
+            if done.returncode != 0 or not lines:
+                raise RuntimeError(f"attribution failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+            runs.append(json.loads(lines[-1][len("PROFILEJSON "):]))
+    print(f"djpool, one SELECT 1 per request, {repeats} processes x {requests} requests "
+          "(median µs per request; wall time unless said):")
+    for label in runs[0]:
+        value = statistics.median(run[label] for run in runs)
+        print(f"  {label:60} {value:7.1f}")
     return 0
 
 

@@ -166,17 +166,18 @@ def startup_table(results: dict[str, Any]) -> str:
     startup = results.get("startup")
     if not startup:
         return ""
-    out = ["| interpreter start | median ms | vs bare |", "|---|---:|---:|"]
+    out = ["| interpreter start (median of 30) | ms | vs bare |", "|---|---:|---:|"]
     bare = startup["start_ms"]["bare"]
     for name, value in startup["start_ms"].items():
         out.append(f"| {name} | {value:.1f} | {value - bare:+.1f} |")
     out.append("")
-    out.append("| one request's connection handling (query + close_old_connections) "
-               "| µs per request | vs persistent |")
-    out.append("|---|---:|---:|")
-    base = startup["request_us"]["persistent"]
-    for name, value in startup["request_us"].items():
-        out.append(f"| {name} | {value:.0f} | {value - base:+.0f} |")
+    out.append("| one request's database work, one process (close_old_connections, "
+               "SELECT 1, close_old_connections) | wall µs | client CPU µs | server CPU µs |")
+    out.append("|---|---:|---:|---:|")
+    for name, row in startup["request"].items():
+        cells = ["–" if row[key] is None else f"{row[key]:.0f}"
+                 for key in ("wall_us", "client_cpu_us", "server_cpu_us")]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
