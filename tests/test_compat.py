@@ -212,18 +212,7 @@ def run_django(stack: str, script: str, env: dict[str, str]) -> dict:
     return found
 
 
-CLOSED_IS_NONE = (
-    "djpool bug: the patched _close() sets connection.connection = None where Django keeps the "
-    "closed connection, so Django 4.2 (no 'Cannot open a new connection in an atomic block' "
-    "check) reconnects and the rest of the atomic block autocommits"
-)
-
-
-@pytest.mark.parametrize("stack", [
-    pytest.param(stack, marks=pytest.mark.xfail(strict=True, reason=CLOSED_IS_NONE))
-    if stack.startswith("dj42") else stack
-    for stack in stacks.STACKS
-])
+@pytest.mark.parametrize("stack", stacks.STACKS)
 def test_a_close_inside_atomic_fails_the_block_and_commits_nothing(stack, pg, database_url,
                                                                  appname):
     table = "compat_" + appname.replace(".", "_").replace("-", "_")[-40:]
@@ -234,10 +223,6 @@ def test_a_close_inside_atomic_fails_the_block_and_commits_nothing(stack, pg, da
 
 
 @pytest.mark.parametrize("stack", stacks.STACKS)
-@pytest.mark.xfail(strict=True, reason=(
-    "djpool bug: apply_isolation_level() sets the connection's isolation level only when "
-    "OPTIONS has one; the driver keeps it on the client side, where DISCARD ALL cannot reset "
-    "it, so the next checkout runs its transactions at the level of an earlier one"))
 def test_an_isolation_level_set_for_one_checkout_does_not_stay_on_the_connection(
         stack, pg, database_url):
     found = run_django(stack, ISOLATION_LEVEL_OF_ANOTHER_CHECKOUT,

@@ -39,6 +39,25 @@ _CHECKOUT = "_djpool_checkout"  # wrapper attribute: (fairy, PoolEntry) while ch
 _creating = threading.local()  # the factory for the connection the pool is opening now
 
 
+class ClosedConnection:
+    """What ``DatabaseWrapper.connection`` holds after a checkin inside an atomic block.
+
+    Like a closed driver connection: ``closed`` is true, ``close()`` does
+    nothing, and anything else raises the driver's InterfaceError.
+    """
+
+    closed = True
+
+    def __init__(self, driver: ModuleType) -> None:
+        self._driver = driver
+
+    def close(self) -> None:
+        """Closing a closed connection is a no-op, as in the drivers."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._driver.InterfaceError("connection already closed")
+
+
 def _open_for_pool() -> Any:
     """The pool's creator: runs Django's own get_new_connection for the current checkout."""
     return _creating.factory()
@@ -167,6 +186,10 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
             connection.isolation_level = wrapper.isolation_level
         else:
             wrapper.isolation_level = isolation_levels.READ_COMMITTED
+            if connection.isolation_level is not None:
+                # Left by a checkout whose OPTIONS had one: the driver keeps it on
+                # the client side, where DISCARD ALL cannot reach it.
+                connection.isolation_level = None
 
     @functools.wraps(original_get_new_connection)
     def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
@@ -196,7 +219,11 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
         if held is None:
             return original_close(self)
         fairy, entry = held
-        self.connection = None  # it may be someone else's the moment it is back
+        # The connection may be someone else's the moment it is back. Inside an
+        # atomic block Django keeps a closed connection object so that the rest
+        # of the block fails instead of reconnecting and autocommitting: give it
+        # a stand-in that behaves as a closed connection.
+        self.connection = ClosedConnection(self.Database) if self.in_atomic_block else None
         if registry.is_retired(entry.pool):
             fairy.invalidate()  # its pool was disposed: close instead of returning
         else:
