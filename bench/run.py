@@ -358,7 +358,8 @@ def main(argv: list[str]) -> int:
     workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
     command = "make bench" if not argv else "make bench BENCH_ARGS=" + shlex.quote(" ".join(argv))
     started = time.monotonic()
-    print("-----> Machine: " + json.dumps(machine()), flush=True)
+    where = machine()  # load average as the run starts
+    print("-----> Machine: " + json.dumps(where), flush=True)
     print(f"-----> Side by side: {len(setups)} setups x {len(workloads)} workloads x "
           f"{plan.rounds} rounds of {plan.seconds:g} s (+{plan.warmup:g} s warm-up), "
           f"gunicorn gthread {plan.workers}x{plan.threads}, wrk -c {plan.connections}"
@@ -375,14 +376,16 @@ def main(argv: list[str]) -> int:
         print("-----> Startup and per-request overhead (bench/startup.py)", flush=True)
         startup = run_startup(args.quick)
     results = {
-        "command": command, "plan": asdict(plan), "machine": machine(),
+        "command": command, "plan": asdict(plan), "machine": where,
         "setups": {setup.key: setup.label for setup in setups},
         "budget": budget, "startup": startup,
         "elapsed_s": round(time.monotonic() - started, 1),
         **main_results,
     }
     OUT_DIR.mkdir(exist_ok=True)
-    (OUT_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    saved = json.dumps(results, indent=2) + "\n"
+    (OUT_DIR / "results.json").write_text(saved)
+    (OUT_DIR / time.strftime("results-%Y%m%d-%H%M%S.json")).write_text(saved)
     text = report.render(results)
     print()
     print(text)
