@@ -5,7 +5,7 @@ developer runs them, the shim loaded as on a dyno. Django makes test_app, the
 tests run on it through the pool (each test writes down the database and the
 backend pid it saw), and Django drops it without PostgreSQL's "is being
 accessed by other users"; also with ``--parallel 2`` (cloned databases, forked
-workers) and ``--keepdb`` twice.
+workers) and ``--keepdb`` twice (also with ``--parallel 2``).
 
 Worker types: gunicorn's sync, gthread and gevent workers (gevent with
 psycopg 3 as it is, and with psycopg2 patched by psycogreen in a post_fork
@@ -132,23 +132,34 @@ def test_manage_py_test_parallel_clones_and_drops_every_database(
     wait_no_backends(pg, appname)
 
 
+KEEPDB_RUNS = {
+    # name: (arguments, the databases kept, the ones the tests run on)
+    "keepdb": (("--keepdb",), [APP_TEST_DATABASE], {APP_TEST_DATABASE}),
+    "keepdb-parallel": (("--keepdb", "--parallel", "2"),
+                        [APP_TEST_DATABASE, f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"],
+                        {f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"}),
+}
+
+
 @pytest.mark.parametrize("stack", [stacks.DEFAULT_STACK, "dj42-psycopg2"])
-def test_manage_py_test_keepdb_twice_reuses_the_kept_database(
-        stack, pg, database_url, appname, tmp_path, clean_test_databases):
-    # With --keepdb Django says "Using existing" either way: the first run makes it.
+@pytest.mark.parametrize("run", sorted(KEEPDB_RUNS))
+def test_manage_py_test_keepdb_twice_reuses_the_kept_databases(
+        run, stack, pg, database_url, appname, tmp_path, clean_test_databases):
+    args, kept, ran_on = KEEPDB_RUNS[run]
+    # With --keepdb Django says "Using existing" either way: the first run makes them.
     assert leftover_test_databases(pg) == []
-    first, records = manage_test(stack, database_url, tmp_path / "record.jsonl", "--keepdb")
+    first, records = manage_test(stack, database_url, tmp_path / "record.jsonl", *args)
     assert "Preserving test database for alias 'default'" in first.stderr
-    assert_ran_on(records, {APP_TEST_DATABASE})
-    assert leftover_test_databases(pg) == [APP_TEST_DATABASE]
-    second, records = manage_test(stack, database_url, tmp_path / "record.jsonl", "--keepdb")
+    assert_ran_on(records, ran_on)
+    assert leftover_test_databases(pg) == kept
+    second, records = manage_test(stack, database_url, tmp_path / "record.jsonl", *args)
     assert "Using existing test database for alias 'default'" in second.stderr
     assert "Preserving test database for alias 'default'" in second.stderr
-    assert_ran_on(records, {APP_TEST_DATABASE})
+    assert_ran_on(records, ran_on)
     seen = reconnect(records)
     assert seen["backend_pid_after_close"] == seen["backend_pid_before_close"]
     assert IN_USE not in first.stdout + first.stderr + second.stdout + second.stderr
-    assert leftover_test_databases(pg) == [APP_TEST_DATABASE]
+    assert leftover_test_databases(pg) == kept
     wait_no_backends(pg, appname)
 
 
