@@ -19,6 +19,8 @@ from typing import Any
 
 from sqlalchemy.exc import DisconnectionError
 
+from djpool import reset
+
 PING_AFTER_IDLE_SECONDS = 60.0
 _CHECKED_IN_AT = "djpool_checked_in_at"
 _POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
@@ -63,6 +65,11 @@ def checkout_check(ping_every_checkout: bool) -> Callable[[Any, Any, Any], None]
     """
 
     def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        try:
+            reset.finish(dbapi_connection, connection_record.info)  # read the reset's answer
+        except reset.ResetFailed as error:
+            raise DisconnectionError(f"djpool: the reset of a pooled connection failed: "
+                                     f"{error}") from error
         checked_in_at = connection_record.info.get(_CHECKED_IN_AT)
         if checked_in_at is None:
             return  # opened for this checkout: nothing to check
