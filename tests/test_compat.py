@@ -261,10 +261,6 @@ def test_an_isolation_level_set_for_one_checkout_does_not_stay_on_the_connection
     assert (found["level"], found["django"]) == ("read committed", "READ_COMMITTED")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "djpool bug: a reused connection's OPTIONS isolation_level is checked after the checkout; "
-    "the ImproperlyConfigured leaves the connection checked out for as long as the exception "
-    "(whose traceback holds it) lives"))
 def test_a_checkout_that_fails_on_bad_options_gives_the_connection_back(pg, database_url):
     found = run_django(stacks.DEFAULT_STACK, INVALID_ISOLATION_LEVEL_ON_A_REUSED_CONNECTION,
                        {"DATABASE_URL": database_url, "POOL_SIZE": "1", "POOL_TIMEOUT": "2"})

@@ -208,7 +208,11 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
         fairy, fresh = checkout(self, entry, conn_params)
         connection = fairy.dbapi_connection
         if not fresh:
-            apply_isolation_level(self, connection)
+            try:
+                apply_isolation_level(self, connection)
+            except BaseException:
+                fairy.close()  # Django never got it: give it back before failing
+                raise
         setattr(self, _CHECKOUT, (fairy, entry))
         registry.hold(self)
         return connection
