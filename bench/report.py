@@ -166,7 +166,8 @@ def startup_table(results: dict[str, Any]) -> str:
     startup = results.get("startup")
     if not startup:
         return ""
-    out = ["| interpreter start (median of 30) | ms | vs bare |", "|---|---:|---:|"]
+    out = [f"| interpreter start (median of {startup.get('runs', 30)}) | ms | vs bare |",
+           "|---|---:|---:|"]
     bare = startup["start_ms"]["bare"]
     for name, value in startup["start_ms"].items():
         out.append(f"| {name} | {value:.1f} | {value - bare:+.1f} |")

@@ -76,6 +76,7 @@ venv::ensure() {
 	python="$(python3 -c 'import sys; print(sys.executable)')"
 	want="$(
 		cat "${REQUIREMENTS}"
+		echo "compile-bytecode" # site-packages ship .pyc, as pip leaves them on a dyno
 		echo "${python}"
 		"${python}" -c 'import sys; print(sys.version)'
 	)"
@@ -87,7 +88,8 @@ venv::ensure() {
 	output::step "Bench venv .venv/bench: installing bench/requirements.txt"
 	rm -rf "${VENV}"
 	"${uv}" venv --quiet --python "${python}" "${VENV}"
-	"${uv}" pip install --quiet --python "${VENV}/bin/python" -r "${REQUIREMENTS}"
+	"${uv}" pip install --quiet --compile-bytecode --python "${VENV}/bin/python" \
+		-r "${REQUIREMENTS}"
 	echo "${want}" >"${STAMP}"
 }
 

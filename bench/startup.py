@@ -98,7 +98,8 @@ def _env(extra: dict[str, str], shim: bool | Path) -> dict[str, str]:
     """A clean environment; ``shim`` True means this repo's shim, a Path another tree's."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG", "LOOP_"))
-           and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+           and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE",
+                           "PYTHONDONTWRITEBYTECODE")}  # start-up is timed with .pyc cached
     if shim:
         env["PYTHONPATH"] = str(SHIM_DIR if shim is True else shim)
     env.update(extra)
@@ -212,9 +213,9 @@ def main(argv: list[str]) -> int:
         request = per_request(python, url, default_variants(iterations), repeats, batches)
         print_per_request(say, request, "persistent connection (ceiling)")
     if args.json:
-        print(json.dumps({"start_ms": {k.split(":")[0] if k.startswith("bare") else k: v
-                                       for k, v in start_ms.items()},
-                          "request": request}))
+        named = {key.split(":")[0] if key.startswith("bare") else key: value
+                 for key, value in start_ms.items()}
+        print(json.dumps({"runs": runs, "start_ms": named, "request": request}))
     return 0
 
 
