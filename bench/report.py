@@ -289,7 +289,8 @@ def update_docs(results: dict[str, Any], doc: Path, docs_dir: Path) -> None:
                                 if k != "load_at_start")
         + f"; load average at start {results['machine']['load_at_start'][0]:.2f}.\n",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-        + f"; server TimeZone {results.get('server_timezone')}.\n",
+        + f"; server TimeZone {results.get('server_timezone')}; this repository at "
+        f"{results.get('code', '?')}.\n",
         END_MARK,
     ])
     text = doc.read_text() if doc.exists() else f"# Benchmark\n\n{START_MARK}\n{END_MARK}\n"

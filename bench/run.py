@@ -375,7 +375,10 @@ def main(argv: list[str]) -> int:
     if not args.no_startup:
         print("-----> Startup and per-request overhead (bench/startup.py)", flush=True)
         startup = run_startup(args.quick)
+    code = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                          capture_output=True, text=True).stdout.strip()
     results = {
+        "code": code or "?",
         "command": command, "plan": asdict(plan), "machine": where,
         "setups": {setup.key: setup.label for setup in setups},
         "budget": budget, "startup": startup,
