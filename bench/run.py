@@ -307,15 +307,18 @@ def _wait_drained(stage: Stage, database: str, timeout: float = 20.0) -> None:
 
 
 def _error_lines(log: str, limit: int = 3) -> list[str]:
-    """The first distinct error messages the app logged (for the budget table)."""
+    """The first distinct database errors the app logged, else its first error lines."""
     seen: list[str] = []
-    for line in log.splitlines():
-        if ("Error" in line or "FATAL" in line) and not line.startswith((" ", "Traceback")):
-            text = line.strip()[:200]
-            if text not in seen:
-                seen.append(text)
-            if len(seen) >= limit:
-                break
+    for wanted in (("FATAL", "OperationalError", "too many"), ("Error",)):
+        for line in log.splitlines():
+            if any(word in line for word in wanted) and not line.startswith("Traceback"):
+                text = line.strip()[:200]
+                if text not in seen:
+                    seen.append(text)
+                if len(seen) >= limit:
+                    return seen
+        if seen:
+            return seen
     return seen
 
 
