@@ -27,13 +27,14 @@ _TRUE_WORDS = ("1", "true", "yes", "on")
 def _run_original_sitecustomize(here):
     """Find and run the sitecustomize this file shadows, as site.py would have."""
     import importlib.machinery
-    import importlib.util
 
     own = os.path.realpath(here)
     path = [p for p in sys.path if os.path.realpath(p or os.curdir) != own]
     spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
     if spec is None or spec.loader is None:
         return
+    import importlib.util  # only when there is one to run: it costs milliseconds
+
     module = importlib.util.module_from_spec(spec)
     sys.modules["sitecustomize"] = module
     try:

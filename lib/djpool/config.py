@@ -2,7 +2,9 @@
 
 This is the only module that reads configuration from the environment
 (the shim hands it ``os.environ``; the build hands it the ENV_DIR values).
-Everything else receives a :class:`Config` or :class:`PoolSettings`.
+Everything else receives a :class:`Config` or :class:`PoolSettings`
+(immutable NamedTuples: cheaper to import at every interpreter start than
+dataclasses).
 
 Standard library only: the build step validates POOL_* with it before any
 dependency is installed, and the shim imports it at interpreter start.
@@ -11,7 +13,7 @@ dependency is installed, and the shim imports it at interpreter start.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -32,8 +34,7 @@ class ConfigError(ValueError):
         super().__init__(f"{variable}={shown_value} is not valid: {allowed}")
 
 
-@dataclass(frozen=True)
-class PoolSettings:
+class PoolSettings(NamedTuple):
     """Sizes and timings of every pool in the process.
 
     size: connections each pool keeps open (POOL_SIZE, default 5).
@@ -60,8 +61,7 @@ class PoolSettings:
         )
 
 
-@dataclass(frozen=True)
-class DatabaseTarget:
+class DatabaseTarget(NamedTuple):
     """Where DATABASE_URL points, without the password."""
 
     name: str
@@ -78,8 +78,7 @@ class DatabaseTarget:
         return f"database {self.name!r} on {where}{user}"
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """What the shim needs to decide and to build pools."""
 
     pool: PoolSettings

@@ -8,25 +8,29 @@ happens, and patches it then. Standard library only.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from djpool.log import say
 
 Callback = Callable[[ModuleType], None]
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    """Wraps the real loader; runs the callback after the module body ran."""
+class _PatchingLoader:
+    """Wraps the real loader; runs the callback after the module body ran.
 
-    def __init__(self, loader: importlib.abc.Loader, callback: Callback) -> None:
+    Plain classes, not importlib.abc's: the import system only needs these
+    methods, and importing importlib.abc would add milliseconds to every
+    Python start.
+    """
+
+    def __init__(self, loader: Any, callback: Callback) -> None:
         self._loader = loader
         self._callback = callback
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+    def create_module(self, spec: Any) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
@@ -37,7 +41,7 @@ class _PatchingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _PostImportFinder(importlib.abc.MetaPathFinder):
+class _PostImportFinder:
     """Finds nothing itself: lets the other finders find the module, then wraps its loader."""
 
     def __init__(self, name: str, callback: Callback) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 PREFIX = "djpool: "
-
-logger = logging.getLogger("djpool")
 
 
 def say(message: str) -> None:

@@ -10,11 +10,12 @@ SQLAlchemy invalidates the connection: it is closed, never reused.
 
 from __future__ import annotations
 
+import logging
 import select
 from collections.abc import MutableMapping
 from typing import Any
 
-from djpool.log import logger
+logger = logging.getLogger("djpool")
 
 TRANSACTION_IDLE = 0  # libpq PQTRANS_IDLE, the same number in psycopg2 and psycopg 3
 COMMAND_OK = 1  # libpq PGRES_COMMAND_OK

@@ -9,8 +9,8 @@ unpooled process, never in an exception.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
+import sys
 from collections.abc import Mapping
 from types import ModuleType
 
@@ -46,7 +46,19 @@ def start(environ: Mapping[str, str]) -> bool:
 def missing_dependencies() -> list[str]:
     """The runtime dependencies this interpreter cannot import (found without importing)."""
     wanted = {"sqlalchemy": "SQLAlchemy", "dj_database_url": "dj-database-url"}
-    return [name for module, name in wanted.items() if importlib.util.find_spec(module) is None]
+    return [name for module, name in wanted.items() if not _findable(module)]
+
+
+def _findable(module: str) -> bool:
+    # What importlib.util.find_spec does for a top-level name, without
+    # importing importlib.util at every interpreter start.
+    if module in sys.modules:
+        return True
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is not None and find_spec(module, None) is not None:
+            return True
+    return False
 
 
 def _install(base: ModuleType, config: config_module.Config) -> None:
