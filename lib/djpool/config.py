@@ -85,34 +85,31 @@ class Config(NamedTuple):
     database: DatabaseTarget
 
 
-def _whole_number(environ: Mapping[str, str], variable: str, default: int,
-                  low: int, high: int) -> int:
+def _number(environ: Mapping[str, str], variable: str, default, parse, fits, allowed: str):
+    """The variable parsed by ``parse`` and checked by ``fits``; unset or blank gives default."""
     raw = environ.get(variable)
     if raw is None or raw.strip() == "":
         return default
-    allowed = f"expected a whole number from {low} to {high}"
     try:
-        value = int(raw.strip())
+        value = parse(raw.strip())
     except ValueError:
         raise ConfigError(variable, repr(raw), allowed) from None
-    if not low <= value <= high:
+    if not fits(value):
         raise ConfigError(variable, repr(raw), allowed)
     return value
+
+
+def _whole_number(environ: Mapping[str, str], variable: str, default: int,
+                  low: int, high: int) -> int:
+    return _number(environ, variable, default, int, lambda value: low <= value <= high,
+                   f"expected a whole number from {low} to {high}")
 
 
 def _seconds(environ: Mapping[str, str], variable: str, default: float,
              low: float, high: float) -> float:
-    raw = environ.get(variable)
-    if raw is None or raw.strip() == "":
-        return default
-    allowed = f"expected a number of seconds greater than {low:g} and at most {high:g}"
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ConfigError(variable, repr(raw), allowed) from None
-    if not (low < value <= high):  # also rejects nan
-        raise ConfigError(variable, repr(raw), allowed)
-    return value
+    return _number(environ, variable, default, float,
+                   lambda value: low < value <= high,  # also rejects nan
+                   f"expected a number of seconds greater than {low:g} and at most {high:g}")
 
 
 def is_disabled(environ: Mapping[str, str]) -> bool:
