@@ -80,18 +80,11 @@ SESSION_TIME_ZONE = Known(
     "by design: djpool sends Django's time zone in the startup packet (options=-c TimeZone=...) "
     "so that DISCARD ALL keeps it; RESET TIMEZONE then gives Django's zone, not the server's, "
     "and Django finds no time zone to set on the connection")
-CLOSED_CONNECTION_IS_NONE = Known(
-    "djpool bug (low impact): outside an atomic block the patched _close() sets "
-    "connection.connection = None where Django's leaves the closed driver connection, so "
-    "Django 4.2's is_usable() raises AttributeError instead of returning False (only code "
-    "calling the private _close() itself sees it; close() sets None anyway)", django=("4.2",))
 KNOWN: dict[str, Known] = {
     **{f"backends.base.test_base.ConnectionHealthChecksTests.{name}": CONN_MAX_AGE_IS_ZERO
        for name in ("test_health_checks_enabled", "test_health_checks_enabled_errors_occurred",
                     "test_health_checks_disabled", "test_set_autocommit_health_checks_enabled")},
     "backends.postgresql.tests.Tests.test_bypass_timezone_configuration": SESSION_TIME_ZONE,
-    "backends.tests.BackendTestCase.test_is_usable_after_database_disconnects":
-        CLOSED_CONNECTION_IS_NONE,
 }
 
 

@@ -223,11 +223,12 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
         if held is None:
             return original_close(self)
         fairy, entry = held
-        # The connection may be someone else's the moment it is back. Inside an
-        # atomic block Django keeps a closed connection object so that the rest
-        # of the block fails instead of reconnecting and autocommitting: give it
-        # a stand-in that behaves as a closed connection.
-        self.connection = ClosedConnection(self.Database) if self.in_atomic_block else None
+        # The connection may be someone else's the moment it is back, so Django
+        # gets a stand-in that behaves as the closed connection its own _close()
+        # would leave: inside an atomic block Django keeps it, so the rest of the
+        # block fails instead of reconnecting and autocommitting; outside, its
+        # close() replaces it with None right after.
+        self.connection = ClosedConnection(self.Database)
         if registry.is_retired(entry.pool):
             fairy.invalidate()  # its pool was disposed: close instead of returning
         else:
