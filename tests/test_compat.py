@@ -278,14 +278,7 @@ def test_a_checkout_that_fails_on_bad_options_gives_the_connection_back(pg, data
     assert found == {"raised": "ImproperlyConfigured", "next_checkout": "ok"}
 
 
-@pytest.mark.parametrize("stack", [
-    pytest.param(stack, marks=pytest.mark.xfail(strict=True, reason=(
-        "djpool bug (low impact): outside an atomic block _close() sets connection.connection "
-        "= None where Django leaves the closed connection; Django 4.2's is_usable() then "
-        "raises AttributeError")))
-    if stack.startswith("dj42") else stack
-    for stack in stacks.STACKS
-])
+@pytest.mark.parametrize("stack", stacks.STACKS)
 def test_is_usable_says_false_after_the_connection_was_closed(stack, pg, database_url):
     found = run_django(stack, IS_USABLE_AFTER_CLOSE, {"DATABASE_URL": database_url})
     assert found == {"is_usable": False}
