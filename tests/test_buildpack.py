@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from support.heroku import REPO, HerokuApp, PythonBuildpack, free_port
+from support.waiting import wait_until
 
 APP_SOURCE = REPO / "tests" / "app"
 APPS = REPO / "tests" / "buildpack_apps"
@@ -98,17 +99,6 @@ def client_port_owner(pids: list[int], port: int) -> int | None:
             except OSError:
                 continue
     return None
-
-
-def wait_for(condition, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def in_threads(count: int, work) -> list:
@@ -352,8 +342,8 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
     # No overflow here: every connection a worker opens stays open in its pool,
     # so /proc can still say which worker holds it after the request.
     web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_for(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-                       what=f"{WORKERS} gunicorn workers")
+    workers = wait_until(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+                         timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
     assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
 
     def whoami(_):
@@ -421,8 +411,8 @@ def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, 
     pool_size = 3
     web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size),
                                   "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_for(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-                       what=f"{WORKERS} gunicorn workers")
+    workers = wait_until(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+                         timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
     first_query_in_every_worker(web, workers)
     limit = WORKERS * pool_size
     samples: list[int] = []
@@ -458,8 +448,8 @@ def test_concurrent_first_queries_build_one_pool_per_worker(base_app: HerokuApp,
     """Fresh workers hit by a burst of first requests: still one pool each (/pool/)."""
     for _ in range(4):  # a race: a few fresh dynos
         web = dynos(base_app, "web", {"DATABASE_URL": database_url})
-        wait_for(lambda web=web: len(web.worker_pids()) == WORKERS,
-                 what=f"{WORKERS} gunicorn workers")
+        wait_until(lambda web=web: len(web.worker_pids()) == WORKERS,
+                   timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
         in_threads(16, lambda _, web=web: web.get("/slow/?ms=50"))
         pools_of = {}
         for _ in range(100):
