@@ -14,19 +14,12 @@ STAMP="${VENV}/.djpool-requirements.sha256"
 export UV_PYTHON_DOWNLOADS=never
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-output::step() { echo "-----> $*"; }
-output::detail() { echo "       $*"; }
-output::error() {
-	{
-		echo
-		local line
-		while IFS= read -r line; do echo " !     ${line}"; done <<<"$1"
-		echo
-	} >&2
-}
+# The buildpack's output vocabulary (-----> steps, detail, " !     " errors on stderr).
+# shellcheck source=lib/output.sh
+source "${REPO}/lib/output.sh"
 
 setup::on_error() {
-	output::error "bench/setup.sh failed at line $1 (exit status $2).
+	output::error <<<"bench/setup.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash bench/setup.sh"
 }
 trap 'setup::on_error "${LINENO}" "$?"' ERR
@@ -37,7 +30,7 @@ system::as_root() {
 	elif command -v sudo >/dev/null 2>&1; then
 		sudo "$@"
 	else
-		output::error "Installing Debian packages needs root, and sudo is not installed.
+		output::error <<<"Installing Debian packages needs root, and sudo is not installed.
 Run as root: apt-get update && apt-get install -y $*"
 		return 1
 	fi
@@ -65,7 +58,7 @@ uv::find() {
 	elif [[ -x "${REPO}/.venv/bootstrap/bin/uv" ]]; then
 		echo "${REPO}/.venv/bootstrap/bin/uv"
 	else
-		output::error "uv is missing: tests/setup_env.sh installs it (run: make setup)"
+		output::error <<<"uv is missing: tests/setup_env.sh installs it (run: make setup)"
 		return 1
 	fi
 }

@@ -26,19 +26,12 @@ STAMP_NAME=".djpool-requirements.sha256"
 export UV_PYTHON_DOWNLOADS=never   # use this machine's python3, never fetch one
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
-output::step() { echo "-----> $*"; }
-output::detail() { echo "       $*"; }
-output::error() {
-	{
-		echo
-		local line
-		while IFS= read -r line; do echo " !     ${line}"; done <<<"$1"
-		echo
-	} >&2
-}
+# The buildpack's output vocabulary (-----> steps, detail, " !     " errors on stderr).
+# shellcheck source=lib/output.sh
+source "${REPO}/lib/output.sh"
 
 setup::on_error() {
-	output::error "tests/setup_env.sh failed at line $1 (exit status $2).
+	output::error <<<"tests/setup_env.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash tests/setup_env.sh"
 }
 trap 'setup::on_error "${LINENO}" "$?"' ERR
@@ -68,7 +61,7 @@ system::as_root() {
 	elif command -v sudo >/dev/null 2>&1; then
 		sudo "$@"
 	else
-		output::error "Installing Debian packages needs root, and sudo is not installed.
+		output::error <<<"Installing Debian packages needs root, and sudo is not installed.
 Run as root: apt-get update && apt-get install -y $*"
 		return 1
 	fi
@@ -89,7 +82,7 @@ system::ensure_packages() {
 	system::as_root env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 	if ! system::find_initdb >/dev/null 2>&1; then
-		output::error "initdb is still not found after installing postgresql.
+		output::error <<<"initdb is still not found after installing postgresql.
 Install the PostgreSQL server by hand: apt-get install -y postgresql"
 		return 1
 	fi
