@@ -184,6 +184,7 @@ def test_a_backend_is_visible_during_the_request_and_closed_after_it(start_app, 
     try:
         [busy] = wait_until(
             lambda: [b for b in pg.backends(application_name=appname) if b.state == "active"],
+            timeout=30,  # a fresh venv's first request imports Django's backend first
             message="the request's backend running pg_sleep")
         assert "pg_sleep" in busy.query
     finally:
