@@ -3,6 +3,13 @@
 Medians over the interleaved rounds for rates and latencies; errors are
 summed over rounds; peak connections are the highest seen in any round;
 connections opened are the median per measured run.
+
+Ratios to the ceiling g are paired: each run is divided by the mean of the g
+runs measured just before and after it (bench/run.py's round_order), and the
+median of those per-run ratios is reported. The shared machine changes speed
+by up to 2x between minutes, which moves every setup's req/s; a run and its
+neighbouring g runs see the same machine. Comparisons between two setups
+(c against b, say) divide their paired ratios.
 """
 
 from __future__ import annotations
@@ -15,20 +22,66 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from setups import BUDGET_PATH, DJPOOL_MAX_OVERFLOW, DJPOOL_POOL_SIZE, WORKLOADS
+from setups import BUDGET_PATH, CEILING, DJPOOL_MAX_OVERFLOW, DJPOOL_POOL_SIZE, WORKLOADS
 
 START_MARK = "<!-- bench:results:start -->"
 END_MARK = "<!-- bench:results:end -->"
 POOLED_ALTERNATIVES = ("b", "d-sess", "d-txn", "e", "f")
 
 
-def summarise(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(setup, workload) -> medians and totals over the rounds."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def paired(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Per run: its req/s, p99 and CPU per request relative to the neighbouring g runs.
+
+    Runs without a ``slot`` (results saved before pairing existed) are compared
+    with the median g run of their workload instead.
+    """
+    ceiling = {(run["workload"], run["round"], run["slot"]): run for run in runs
+               if run["setup"] == CEILING and "slot" in run}
+    fallback: dict[str, dict[str, float]] = {}
+    for workload in {run["workload"] for run in runs}:
+        group = [run for run in runs if run["setup"] == CEILING and run["workload"] == workload]
+        if group:
+            fallback[workload] = {key: statistics.median(_value(run, key) for run in group)
+                                  for key in ("rps", "p99_ms", "cpu")}
+    out = []
     for run in runs:
-        grouped.setdefault((run["setup"], run["workload"]), []).append(run)
+        if "slot" in run:
+            around = [ceiling.get((run["workload"], run["round"], run["slot"] + step))
+                      for step in (-1, 1)]
+            near = [g for g in around if g is not None]
+        else:
+            near = []
+        if near:
+            base = {key: statistics.fmean(_value(g, key) for g in near)
+                    for key in ("rps", "p99_ms", "cpu")}
+        else:
+            base = fallback.get(run["workload"], {})
+        if run["setup"] == CEILING or not base:
+            out.append({"rps": 1.0, "p99_ms": 1.0, "cpu": 1.0} if run["setup"] == CEILING
+                       else {})
+            continue
+        out.append({"rps": _ratio(run["rps"], base["rps"]),
+                    "p99_ms": _ratio(run["p99_ms"], base["p99_ms"]),
+                    "cpu": _ratio(base["cpu"], _value(run, "cpu"))})
+    return out
+
+
+def _value(run: dict[str, Any], key: str) -> float:
+    if key == "cpu":
+        return run.get("app_cpu_us", 0.0) + run.get("db_cpu_us", 0.0)
+    return float(run[key])
+
+
+def summarise(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(setup, workload) -> medians and totals over the rounds, and the paired ratios to g."""
+    runs = list(runs)
+    grouped: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, float]]]] = {}
+    for run, ratio in zip(runs, paired(runs), strict=True):
+        grouped.setdefault((run["setup"], run["workload"]), []).append((run, ratio))
     summary = {}
-    for key, group in grouped.items():
+    for key, pairs in grouped.items():
+        group = [run for run, _ in pairs]
+        ratios = [ratio for _, ratio in pairs if ratio]
         summary[key] = {
             "rps": statistics.median(run["rps"] for run in group),
             "rps_all": [round(run["rps"], 1) for run in group],
@@ -42,13 +95,16 @@ def summarise(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
             "rounds": len(group),
             "app_cpu_us": statistics.median(run.get("app_cpu_us", 0.0) for run in group),
             "db_cpu_us": statistics.median(run.get("db_cpu_us", 0.0) for run in group),
+            "rps_x_g": _median(ratio["rps"] for ratio in ratios),
+            "p99_x_g": _median(ratio["p99_ms"] for ratio in ratios),
+            "cpu_g_over": _median(ratio["cpu"] for ratio in ratios),
         }
     return summary
 
 
-def _cpu(row: dict[str, Any] | None) -> float:
-    """CPU per request, app (gunicorn, PgBouncer) plus database server, in µs."""
-    return (row["app_cpu_us"] + row["db_cpu_us"]) if row else 0.0
+def _median(values: Iterable[float]) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -66,25 +122,25 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "result": "pass" if passed else "MISS"})
 
     for workload in WORKLOADS:
-        c, g = summary.get(("c", workload)), summary.get(("g", workload))
+        c, g = summary.get(("c", workload)), summary.get((CEILING, workload))
         if c and g:
-            ratio = _ratio(c["rps"], g["rps"])
+            ratio = c["rps_x_g"]
             add(f"c / g req/s, {workload}", ratio, ">= 0.95", ratio >= 0.95)
-            ratio = _ratio(c["p99_ms"], g["p99_ms"])
+            ratio = c["p99_x_g"]
             add(f"c / g p99, {workload}", ratio, "<= 1.10", ratio <= 1.10)
-            ratio = _ratio(_cpu(g), _cpu(c))
-            add(f"g / c CPU per request (noise-robust cross-check), {workload}", ratio,
+            ratio = c["cpu_g_over"]
+            add(f"g / c CPU per request (cross-check), {workload}", ratio,
                 ">= 0.95", ratio >= 0.95)
     c, a = summary.get(("c", "items")), summary.get(("a", "items"))
     if c and a:
-        ratio = _ratio(c["rps"], a["rps"])
+        ratio = _ratio(c["rps_x_g"], a["rps_x_g"])
         add("c / a req/s, items", ratio, ">= 3", ratio >= 3)
     for workload in WORKLOADS:
         c = summary.get(("c", workload))
         for other in POOLED_ALTERNATIVES:
             x = summary.get((other, workload))
             if c and x:
-                ratio = _ratio(c["rps"], x["rps"])
+                ratio = _ratio(c["rps_x_g"], x["rps_x_g"])
                 add(f"c / {other} req/s, {workload}", ratio, ">= 1.00", ratio >= 1.0)
     limit = workers * (DJPOOL_POOL_SIZE + DJPOOL_MAX_OVERFLOW)
     peaks = [summary[("c", workload)]["peak_connections"] for workload in WORKLOADS
@@ -107,23 +163,21 @@ def main_tables(results: dict[str, Any]) -> str:
     for workload, path in WORKLOADS.items():
         if not any(key[1] == workload for key in summary):
             continue
-        ceiling = summary.get(("g", workload), {}).get("rps", 0.0)
         what = "one indexed query" if workload == "items" else "three queries in atomic()"
         out.append(f"**{path}** ({what})\n")
         out.append("| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run "
                    "| CPU µs/req app+db | g CPU / CPU |")
         out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        g_cpu = _cpu(summary.get(("g", workload)))
         for key, label in setups.items():
             row = summary.get((key, workload))
             if row is None:
                 continue
             out.append(
-                f"| {key} | {label} | {row['rps']:.0f} | {_fmt(_ratio(row['rps'], ceiling))} | "
+                f"| {key} | {label} | {row['rps']:.0f} | {_fmt(row['rps_x_g'])} | "
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['errors']} | "
                 f"{row['peak_connections']} | {row['connections_opened']:g} | "
                 f"{row['app_cpu_us']:.0f}+{row['db_cpu_us']:.0f} | "
-                f"{_fmt(_ratio(g_cpu, _cpu(row)))} |")
+                f"{_fmt(row['cpu_g_over'])} |")
         out.append("")
     return "\n".join(out)
 
@@ -188,6 +242,11 @@ def headline(results: dict[str, Any]) -> str:
     def rps(key: str, workload: str = "items") -> float:
         return summary.get((key, workload), {}).get("rps", float("nan"))
 
+    def vs(key: str, other: str, workload: str = "items") -> float:
+        """Paired: key's and other's req/s each relative to the g runs beside them."""
+        return _ratio(summary.get((key, workload), {}).get("rps_x_g", float("nan")),
+                      summary.get((other, workload), {}).get("rps_x_g", float("nan")))
+
     budget = {row["setup"]: row for row in results.get("budget", [])}
     c_budget = budget.get("c", {})
     failing = [key for key, row in budget.items()
@@ -197,8 +256,8 @@ def headline(results: dict[str, Any]) -> str:
     text = (
         f"On {results['machine']['nproc']} cores {where}, a Django view making one indexed "
         f"query served {rps('c'):.0f} req/s with djpool against {rps('a'):.0f} without "
-        f"pooling ({_ratio(rps('c'), rps('a')):.1f}×) and {rps('g'):.0f} with a connection "
-        f"that is never closed ({_ratio(rps('c'), rps('g')):.0%} of that ceiling); "
+        f"pooling ({vs('c', 'a'):.1f}× paired) and {rps('g'):.0f} with a connection "
+        f"that is never closed ({vs('c', 'g'):.0%} of that ceiling, paired); "
         f"Django's persistent connections as Heroku's template sets them reached "
         f"{rps('b'):.0f}, PgBouncer in transaction mode {rps('d-txn'):.0f}, Django's own "
         f"pool {rps('e'):.0f} and django-db-connection-pool {rps('f'):.0f}."
@@ -216,7 +275,8 @@ def render(results: dict[str, Any]) -> str:
     plan = results["plan"]
     parts = [
         f"Measured {plan['rounds']} interleaved round(s) × {plan['seconds']:g} s per setup "
-        f"and workload; gunicorn gthread {plan['workers']} workers × {plan['threads']} "
+        f"and workload, each run between two runs of g (× g and the targets are medians of "
+        f"those paired ratios); gunicorn gthread {plan['workers']} workers × {plan['threads']} "
         f"threads; wrk 1 thread, {plan['connections']} connections"
         + (f"; database round trip +{plan['rtt_ms']:g} ms through the delay proxy "
            f"(measured {results.get('measured_rtt_ms') or 0:.2f} ms per proxied round trip)"

@@ -47,7 +47,7 @@ from harness import (
     tree_cpu_seconds,
     versions,
 )
-from setups import BUDGET_PATH, WORKLOADS, Setup, select, variant_of_c
+from setups import BUDGET_PATH, CEILING, WORKLOADS, Setup, select, variant_of_c
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -157,7 +157,7 @@ class Deployment:
     """One setup's app server (and its PgBouncer) on a stage."""
 
     def __init__(self, stage: Stage, setup: Setup, workers: int, threads: int,
-                 pool_budget: int) -> None:
+                 pool_budget: int, worker_connections: int | None = None) -> None:
         self.stage = stage
         self.setup = setup
         self.bouncer: PgBouncer | None = None
@@ -166,8 +166,10 @@ class Deployment:
                 server_host=stage.server.host, server_port=stage.db_port,
                 databases={"db1": setup.database}, user=APP_ROLE, password=stage.password,
                 pool_mode=setup.pgbouncer, default_pool_size=pool_budget)
+        extra = ([] if worker_connections is None
+                 else ["--worker-connections", str(worker_connections)])
         self.app = BenchApp(env={}, shim=setup.shim, workers=workers, threads=threads,
-                            start_timeout=90)
+                            start_timeout=90, extra_args=extra)
         self.workers = workers
 
     def start(self) -> Deployment:
@@ -235,20 +237,17 @@ def run_main(plan: Plan, setups: list[Setup], workloads: list[str]) -> dict[str,
     try:
         for setup in setups:
             print(f"       starting {setup.key}: {setup.label}", flush=True)
-            deployments.append(Deployment(stage, setup, plan.workers, plan.threads,
-                                          pool_budget=plan.workers * 5).start())
+            deployments.append(Deployment(
+                stage, setup, plan.workers, plan.threads, pool_budget=plan.workers * 5,
+                worker_connections=worker_share(plan.connections, plan.workers)).start())
         with ConnectionSampler(stage.server) as sampler:
             for round_number in range(plan.rounds):
-                shift = round_number % len(deployments)
-                order = deployments[shift:] + deployments[:shift]
-                if round_number % 2:
-                    order.reverse()
                 for workload in workloads:
-                    for deployment in order:
+                    for slot, deployment in enumerate(round_order(deployments, round_number)):
                         figures = measure(stage, sampler, deployment, WORKLOADS[workload],
                                           plan.seconds, plan.warmup, plan.connections)
                         figures.update(setup=deployment.setup.key, workload=workload,
-                                       round=round_number + 1)
+                                       round=round_number + 1, slot=slot)
                         runs.append(figures)
                         print(f"       round {round_number + 1} {workload:6} "
                               f"{deployment.setup.key:6} {figures['rps']:8.1f} req/s  "
@@ -264,6 +263,42 @@ def run_main(plan: Plan, setups: list[Setup], workloads: list[str]) -> dict[str,
         for deployment in deployments:
             deployment.stop()
         stage.close()
+
+
+def worker_share(connections: int, workers: int) -> int:
+    """Each gunicorn worker's cap on open connections: wrk's keep-alive ones, dealt evenly.
+
+    wrk opens its connections at once and keeps them; uncapped, whichever
+    worker wins the accept race takes them, and a run that dealt all 8 to one
+    process measured half the req/s of a 4/4 run (seen with ss). Capped at
+    connections / workers, the split is even every run. (gunicorn warns that
+    no keep-alive connections can be handled when the cap equals --threads;
+    gunicorn 27's gthread worker keeps them alive all the same.)
+    """
+    return max(1, -(-connections // workers))
+
+
+def round_order(deployments: list[Deployment], round_number: int) -> list[Deployment]:
+    """One round's runs: the ceiling g before, between and after all the others.
+
+    The shared machine's speed changes in steps of seconds to minutes (other
+    tenants), by up to 2x. So every setup is compared with the g runs just
+    before and after it (report.paired), and the others' order rotates and
+    reverses from round to round.
+    """
+    ceiling = [d for d in deployments if d.setup.key == CEILING]
+    others = [d for d in deployments if d.setup.key != CEILING]
+    if others:
+        shift = round_number % len(others)
+        others = others[shift:] + others[:shift]
+        if round_number % 2:
+            others.reverse()
+    if not ceiling:
+        return others
+    order = ceiling[:]
+    for deployment in others:
+        order += [deployment, ceiling[0]]
+    return order
 
 
 def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
