@@ -127,6 +127,29 @@ emit(server=server, physical=counters.connects, checkouts=counters.checkouts,
     assert any(line.startswith("djpool: pooling database 'app'") for line in djpool_lines(proc))
 
 
+def test_after_its_pools_are_disposed_a_database_gets_a_new_pool_that_is_reused(pg, db_env):
+    # The wrapper remembers its last pool; disposing (as before a test database
+    # is dropped or cloned) must make it look again, not keep returning
+    # connections to the disposed pool, which would close each of them.
+    proc = run_script(DEFAULT_STACK, """
+from djpool import startup
+before = backend_pid()
+end_request()
+disposed = startup.registry().dispose_database(connection.settings_dict["NAME"])
+after = [backend_pid()]
+end_request()
+after.append(backend_pid())
+end_request()
+entries = startup.registry().entries()
+emit(before=before, after=after, disposed=disposed, pools=len(entries),
+     connects=entries[0].counters.connects)
+""", db_env)
+    out = results(proc)
+    assert out["disposed"] == 1 and out["pools"] == 1, out
+    assert out["after"][0] != out["before"], out
+    assert out["after"][0] == out["after"][1] and out["connects"] == 1, out
+
+
 def test_without_the_shim_every_request_opens_a_new_connection(pg, appname, db_env):
     out = results(run_script(DEFAULT_STACK, REUSE, db_env, shim=False))
     assert len(set(out["pids"])) == 5

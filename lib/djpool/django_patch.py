@@ -120,7 +120,8 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
             return None
         try:
             return registry.get(wrapper.alias, conn_params, lambda: make_pool(wrapper),
-                                extra=(("TimeZone", getattr(wrapper, "timezone_name", None)),))
+                                extra=(("TimeZone", getattr(wrapper, "timezone_name", None)),),
+                                memo=wrapper.__dict__)
         except Exception as error:  # noqa: BLE001 - never take the app down
             unpoolable.add(wrapper.alias)
             say_once(f"unpoolable:{wrapper.alias}",

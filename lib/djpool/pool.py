@@ -87,15 +87,17 @@ def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
     def count_connect(dbapi_connection: Any, connection_record: Any) -> None:
         counters.connects += 1
 
-    def count_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
-        counters.checkouts += 1
+    check = health.checkout_check(ping_every_checkout)
+
+    def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
+        check(dbapi_connection, connection_record, proxy)  # raises for a dead connection
+        counters.checkouts += 1  # one listener, not two: each costs a dispatch per checkout
 
     def count_invalidate(dbapi_connection: Any, connection_record: Any, error: Any) -> None:
         counters.invalidated += 1
 
     event.listen(pool, "connect", count_connect)
-    event.listen(pool, "checkout", health.checkout_check(ping_every_checkout))
-    event.listen(pool, "checkout", count_checkout)
+    event.listen(pool, "checkout", on_checkout)
     event.listen(pool, "checkin", health.on_checkin)
     event.listen(pool, "reset", reset.on_reset)
     event.listen(pool, "invalidate", count_invalidate)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy.pool import QueuePool
 from djpool.pool import PoolCounters
 
 PoolKey = tuple[str, tuple[tuple[str, Any], ...]]
+_MEMO = "_djpool_last_pool"  # key in a caller's memo dict: (generation, params, extra, entry)
 
 
 @dataclass
@@ -73,11 +74,33 @@ class PoolRegistry:
         self._retired: weakref.WeakSet[QueuePool] = weakref.WeakSet()
         self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._inherited: list[Any] = []  # kept alive in a child, never used or freed
+        self._generation = 0  # bumped whenever pools are dropped: memos older than it are stale
 
     def get(self, alias: str, conn_params: Mapping[str, Any],
             make: Callable[[], tuple[QueuePool, PoolCounters]],
-            extra: tuple[tuple[str, Any], ...] = ()) -> PoolEntry:
-        """The pool for these parameters, built by ``make`` the first time."""
+            extra: tuple[tuple[str, Any], ...] = (),
+            memo: MutableMapping[str, Any] | None = None) -> PoolEntry:
+        """The pool for these parameters, built by ``make`` the first time.
+
+        memo: a dict the caller keeps per connection (the Django wrapper's
+            ``__dict__``). When the parameters equal the last ones seen there
+            and no pool was dropped since, the last answer is reused without
+            building the key, which costs more than the rest of a checkout.
+        """
+        if memo is not None:
+            last = memo.get(_MEMO)
+            if (last is not None and last[0] == self._generation
+                    and last[2] == extra and last[1] == conn_params):
+                return last[3]
+        generation = self._generation
+        entry = self._lookup(alias, conn_params, make, extra)
+        if memo is not None:
+            memo[_MEMO] = (generation, dict(conn_params), extra, entry)
+        return entry
+
+    def _lookup(self, alias: str, conn_params: Mapping[str, Any],
+                make: Callable[[], tuple[QueuePool, PoolCounters]],
+                extra: tuple[tuple[str, Any], ...]) -> PoolEntry:
         key = pool_key(alias, conn_params, extra)
         entry = self._pools.get(key)
         if entry is not None:
@@ -103,6 +126,7 @@ class PoolRegistry:
         with self._lock:
             doomed = [key for key, entry in self._pools.items() if entry.dbname == dbname]
             entries = [self._pools.pop(key) for key in doomed]
+            self._generation += 1
         self._retire(entry.pool for entry in entries)
         return len(entries)
 
@@ -111,6 +135,7 @@ class PoolRegistry:
         with self._lock:
             entries = list(self._pools.values())
             self._pools.clear()
+            self._generation += 1
         self._retire(entry.pool for entry in entries)
 
     def _retire(self, pools: Iterable[QueuePool]) -> None:
@@ -133,6 +158,7 @@ class PoolRegistry:
         self._lock = threading.Lock()  # another thread may have held it at fork time
         inherited = list(self._pools.values())
         self._pools = {}
+        self._generation += 1
         connections: list[Any] = []
         for entry in inherited:
             connections.extend(_idle_connections(entry.pool))
