@@ -3,13 +3,15 @@
 The same sample app (tests/app) under gunicorn gthread, the same local
 PostgreSQL set up like Heroku Postgres (TLS only, scram-sha-256), driven by
 wrk on 127.0.0.1. Every setup's app server runs for the whole benchmark (each
-on a database of its own), and the measured runs are interleaved: round 1
-runs every setup once per workload, round 2 again in a rotated order, and so
-on; the figures are medians over rounds. Then the connection-budget
+on a database of its own), and the measured runs are interleaved: each round
+runs every setup once per workload with the ceiling g before, between and
+after them (round_order), the others in a rotated order from round to round;
+the figures are medians over rounds, the ratios medians of each run against
+the g runs beside it. Then the connection-budget
 scenario: a server with max_connections=20 and an app with more threads than
 that. Timings are printed, never asserted.
 
-    .venv/bench/bin/python bench/run.py            # the full run (about 8 minutes)
+    .venv/bench/bin/python bench/run.py            # the full run (about 14 minutes)
     .venv/bench/bin/python bench/run.py --quick    # 1 short round, to try things
     .venv/bench/bin/python bench/run.py --rtt 1    # database 1 ms away (delay proxy)
     .venv/bench/bin/python bench/run.py --docs     # also rewrite docs/benchmark.md's tables
@@ -77,9 +79,9 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     quick = args.quick
     return Plan(
-        seconds=args.seconds or (2.0 if quick else 5.0),
-        warmup=args.warmup if args.warmup is not None else 1.0,
-        rounds=args.rounds or (1 if quick else 3),
+        seconds=args.seconds or (2.0 if quick else 3.0),
+        warmup=args.warmup if args.warmup is not None else 0.5,
+        rounds=args.rounds or (1 if quick else 4),
         workers=2,
         threads=4,
         connections=args.connections,
