@@ -11,7 +11,7 @@ the g runs beside it. Then the connection-budget
 scenario: a server with max_connections=20 and an app with more threads than
 that. Timings are printed, never asserted.
 
-    .venv/bench/bin/python bench/run.py            # the full run (about 14 minutes)
+    .venv/bench/bin/python bench/run.py            # the full run (about 10 minutes)
     .venv/bench/bin/python bench/run.py --quick    # 1 short round, to try things
     .venv/bench/bin/python bench/run.py --rtt 1    # database 1 ms away (delay proxy)
     .venv/bench/bin/python bench/run.py --docs     # also rewrite docs/benchmark.md's tables
