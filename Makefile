@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # e.g. make django-suite DJANGO_SUITE_ARGS="--stacks dj42-psycopg2 --labels transactions"
 DJANGO_SUITE_ARGS ?=
 BENCH_ARGS ?=
-SHELL_SCRIPTS = $(wildcard bin/* lib/*.sh tests/*.sh .ci/run)
+SHELL_SCRIPTS = $(wildcard bin/* lib/*.sh tests/*.sh tests/support/*.sh bench/*.sh .ci/run)
 PYTHON_DIRS = $(wildcard lib shim tests)
 
 .PHONY: setup test lint demo django-suite

@@ -17,24 +17,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 # The buildpack's output vocabulary (-----> steps, detail, " !     " errors on stderr).
 # shellcheck source=lib/output.sh
 source "${REPO}/lib/output.sh"
+# shellcheck source=tests/support/system.sh
+source "${REPO}/tests/support/system.sh"
 
 setup::on_error() {
 	output::error <<<"bench/setup.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash bench/setup.sh"
 }
 trap 'setup::on_error "${LINENO}" "$?"' ERR
-
-system::as_root() {
-	if [[ "$(id -u)" == 0 ]]; then
-		"$@"
-	elif command -v sudo >/dev/null 2>&1; then
-		sudo "$@"
-	else
-		output::error <<<"Installing Debian packages needs root, and sudo is not installed.
-Run as root: apt-get update && apt-get install -y $*"
-		return 1
-	fi
-}
 
 system::ensure_packages() {
 	local missing=()
@@ -44,10 +34,7 @@ system::ensure_packages() {
 		output::step "Debian packages for the benchmark: all there"
 		return 0
 	fi
-	output::step "Installing Debian packages: ${missing[*]}"
-	system::as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-	system::as_root env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	system::apt_install "${missing[@]}"
 	# The package starts a system-wide pgbouncer where systemd runs; the
 	# benchmark starts its own on a free port, so that one is left alone.
 }
