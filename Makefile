@@ -1,5 +1,10 @@
+# make lint   the linters only (tests/setup_lint.sh installs them; no PostgreSQL):
+#              ruff check, ruff format --check, mypy (lib/djpool, shim), shellcheck
+#              (.shellcheckrc) and shfmt -d on every shell script; make -k lint
+#              runs every check even when one fails
+# make format  rewrites every Python file (ruff format) and shell script (shfmt -w)
+# make unit   the fast tier: tests/unit, no server (pytest with .venv/test)
 # make test   installs what is missing (tests/setup_env.sh), then runs the suite
-# make lint   ruff on the Python, shellcheck on the shell scripts
 # make demo   the sample app built with the buildpack, unpooled then pooled (tests/demo.py)
 # make django-suite   Django's own database tests with and without the shim, every
 #              label and stack (tests/django_suite.py, ~15 min; docs/compatibility.md)
@@ -13,22 +18,50 @@ PYTEST_ARGS ?=
 DJANGO_SUITE_ARGS ?=
 BENCH_ARGS ?=
 SHELL_SCRIPTS = $(wildcard bin/* lib/*.sh tests/*.sh tests/support/*.sh bench/*.sh .ci/run)
-PYTHON_DIRS = $(wildcard lib shim tests)
+# The shell style: tabs (shfmt's default), `&&` and `|` starting the continued
+# line (-bn), case patterns indented in their switch (-ci), as heroku-buildpack-python.
+SHFMT_FLAGS = -ln bash -bn -ci
+LINT_BIN = .venv/lint/bin
 
-.PHONY: setup test lint demo django-suite
+.PHONY: setup lint-setup lint lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt \
+	format unit test demo django-suite
 
 setup:
 	bash tests/setup_env.sh
+
+lint-setup:
+	bash tests/setup_lint.sh
+
+lint: lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt
+
+# ruff and mypy read their settings (and which files) from pyproject.toml.
+lint-ruff: lint-setup
+	$(LINT_BIN)/ruff check .
+
+lint-format: lint-setup
+	$(LINT_BIN)/ruff format --check .
+
+lint-mypy: lint-setup
+	$(LINT_BIN)/mypy
+
+lint-shellcheck: lint-setup
+	shellcheck $(SHELL_SCRIPTS)
+
+lint-shfmt: lint-setup
+	shfmt -d $(SHFMT_FLAGS) $(SHELL_SCRIPTS)
+
+format: lint-setup
+	$(LINT_BIN)/ruff format .
+	shfmt -w $(SHFMT_FLAGS) $(SHELL_SCRIPTS)
+
+unit: setup
+	.venv/test/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 test: setup
 	.venv/test/bin/pytest -q tests $(PYTEST_ARGS)
 
 demo: setup
 	.venv/test/bin/python tests/demo.py
-
-lint: setup
-	.venv/test/bin/ruff check $(PYTHON_DIRS)
-	$(if $(SHELL_SCRIPTS),shellcheck --check-sourced --external-sources $(SHELL_SCRIPTS))
 
 django-suite: setup
 	.venv/test/bin/python tests/django_suite.py --json build/django-suite/results.json $(DJANGO_SUITE_ARGS)

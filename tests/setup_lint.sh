@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs what `make lint` needs, and nothing more (no PostgreSQL, no stack
+# venvs), skipping what is already there:
+#   1. shellcheck and shfmt from Debian, when missing;
+#   2. uv (tests/support/venv.sh), then the venv .venv/lint with the pinned
+#      Python linters of tests/requirements/lint.txt.
+set -eu -o pipefail -o errtrace
+shopt -s inherit_errexit
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+# shellcheck source=lib/output.sh
+source "${REPO}/lib/output.sh"
+# shellcheck source=tests/support/system.sh
+source "${REPO}/tests/support/system.sh"
+# shellcheck source=tests/support/venv.sh
+source "${REPO}/tests/support/venv.sh"
+
+lint::on_error() {
+	output::error <<<"tests/setup_lint.sh failed at line $1 (exit status $2).
+Fix the error above and run it again: bash tests/setup_lint.sh"
+}
+trap 'lint::on_error "${LINENO}" "$?"' ERR
+
+lint::ensure_packages() {
+	local missing=()
+	command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+	command -v shfmt >/dev/null 2>&1 || missing+=(shfmt)
+	python3 -m pip --version >/dev/null 2>&1 || uv --version >/dev/null 2>&1 \
+		|| [[ -x "${REPO}/.venv/bootstrap/bin/uv" ]] || missing+=(python3-pip)
+	if ((${#missing[@]} > 0)); then
+		system::apt_install "${missing[@]}"
+	fi
+}
+
+main() {
+	lint::ensure_packages
+	uv::ensure "${REPO}/.venv"
+	output::step "Linters for make lint"
+	output::detail "shellcheck $(shellcheck --version | sed -n 's/^version: //p'), shfmt $(shfmt --version)"
+	venv::ensure "${REPO}/.venv/lint" "${REPO}/tests/requirements/lint.txt"
+}
+
+main "$@"
