@@ -87,8 +87,7 @@ class DelayProxy:
         upstream.settimeout(None)
         _nodelay(client)
         _nodelay(upstream)
-        back = threading.Thread(target=_pump, args=(upstream, client, self.one_way),
-                                daemon=True)
+        back = threading.Thread(target=_pump, args=(upstream, client, self.one_way), daemon=True)
         back.start()
         _pump(client, upstream, self.one_way)
         back.join()
@@ -121,8 +120,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--target", required=True)
     parser.add_argument("--rtt-ms", type=float, required=True)
-    parser.add_argument("--max-seconds", type=float, default=3600.0,
-                        help="stop by itself after this long (default 3600)")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=3600.0,
+        help="stop by itself after this long (default 3600)",
+    )
     args = parser.parse_args(argv)
     proxy = DelayProxy(_host_port(args.listen), _host_port(args.target), args.rtt_ms)
     stop = threading.Event()

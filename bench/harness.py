@@ -40,16 +40,26 @@ WRK_SCRIPT = BENCH_DIR / "wrk_report.lua"
 PGBOUNCER_OS_USER = "postgres"
 
 __all__ = [
-    "APP_DIR", "BENCH_PYTHON", "BenchApp", "DelayProxyProcess", "PgBouncer",
-    "PostgresServer", "ConnectionSampler", "WrkResult", "free_port", "run_wrk",
+    "APP_DIR",
+    "BENCH_PYTHON",
+    "BenchApp",
+    "DelayProxyProcess",
+    "PgBouncer",
+    "PostgresServer",
+    "ConnectionSampler",
+    "WrkResult",
+    "free_port",
+    "run_wrk",
 ]
 
 
 def bench_python() -> Path:
     """The bench venv's interpreter; fails with what to run if it is missing."""
     if not BENCH_PYTHON.exists():
-        raise FileNotFoundError(f"{BENCH_PYTHON} is missing: run `make bench` "
-                                "(or `bash tests/setup_env.sh && bash bench/setup.sh`)")
+        raise FileNotFoundError(
+            f"{BENCH_PYTHON} is missing: run `make bench` "
+            "(or `bash tests/setup_env.sh && bash bench/setup.sh`)"
+        )
     return BENCH_PYTHON
 
 
@@ -75,7 +85,7 @@ class BenchApp(AppServer):
         args[0] = str(BENCH_VENV / "bin" / "gunicorn")
         if "--access-logfile" in args:
             index = args.index("--access-logfile")
-            del args[index:index + 2]
+            del args[index : index + 2]
         return args
 
 
@@ -110,8 +120,14 @@ class WrkResult:
         return self.status + self.connect + self.read + self.write + self.timeout
 
 
-def run_wrk(url: str, seconds: float, connections: int, threads: int = 1,
-            timeout_s: int = 10, keepalive: bool = True) -> WrkResult:
+def run_wrk(
+    url: str,
+    seconds: float,
+    connections: int,
+    threads: int = 1,
+    timeout_s: int = 10,
+    keepalive: bool = True,
+) -> WrkResult:
     """Drive ``url`` (loopback only) for ``seconds`` with wrk and parse its report.
 
     keepalive=False sends ``Connection: close``: a new TCP connection per request,
@@ -120,18 +136,31 @@ def run_wrk(url: str, seconds: float, connections: int, threads: int = 1,
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
         raise ValueError("the benchmark only loads servers on 127.0.0.1")
     whole = max(1, round(seconds))  # wrk takes whole seconds only
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{whole}s",
-               "--timeout", f"{timeout_s}s", "-s", str(WRK_SCRIPT), url]
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{whole}s",
+        "--timeout",
+        f"{timeout_s}s",
+        "-s",
+        str(WRK_SCRIPT),
+        url,
+    ]
     if not keepalive:
         command[1:1] = ["-H", "Connection: close"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=whole + 60)
     for line in done.stdout.splitlines():
         if line.startswith("WRKJSON "):
-            values = json.loads(line[len("WRKJSON "):])
+            values = json.loads(line[len("WRKJSON ") :])
             values.pop("bytes", None)
             return WrkResult(**values, raw=done.stdout)
-    raise RuntimeError(f"wrk printed no report (status {done.returncode}):\n"
-                       f"{done.stdout}\n{done.stderr}")
+    raise RuntimeError(
+        f"wrk printed no report (status {done.returncode}):\n{done.stdout}\n{done.stderr}"
+    )
 
 
 # -- CPU time of process trees ----------------------------------------------------
@@ -144,7 +173,7 @@ def _stat_fields(pid: int) -> list[str] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()  # fields from the 3rd (state) on
+    return text[text.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -204,7 +233,8 @@ class ConnectionSampler:
             rows = self.server.query(
                 "SELECT datname, count(*) FROM pg_stat_activity"
                 " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-                " AND datname IS NOT NULL GROUP BY datname")
+                " AND datname IS NOT NULL GROUP BY datname"
+            )
             with self._lock:
                 self.samples += 1
                 for datname, count in rows:
@@ -232,11 +262,13 @@ def _server_os_user() -> pwd.struct_passwd | None:
 
 
 def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer"
-                                          if os.access("/usr/sbin/pgbouncer", os.X_OK) else None)
+    found = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
+    )
     if found is None:
-        raise FileNotFoundError("pgbouncer is missing: apt-get install -y pgbouncer "
-                                "(bench/setup.sh does it)")
+        raise FileNotFoundError(
+            "pgbouncer is missing: apt-get install -y pgbouncer (bench/setup.sh does it)"
+        )
     return found
 
 
@@ -255,10 +287,19 @@ class PgBouncer:
     PgBouncer the same server-connection budget as djpool.
     """
 
-    def __init__(self, *, server_host: str, server_port: int, databases: Mapping[str, str],
-                 user: str, password: str, pool_mode: str = "transaction",
-                 default_pool_size: int = 1, reserve_pool_size: int = 1,
-                 max_client_conn: int = 100) -> None:
+    def __init__(
+        self,
+        *,
+        server_host: str,
+        server_port: int,
+        databases: Mapping[str, str],
+        user: str,
+        password: str,
+        pool_mode: str = "transaction",
+        default_pool_size: int = 1,
+        reserve_pool_size: int = 1,
+        max_client_conn: int = 100,
+    ) -> None:
         self.server_host = server_host
         self.server_port = server_port
         self.databases = dict(databases)  # client-side name -> server database
@@ -307,8 +348,9 @@ class PgBouncer:
             "[databases]",
         ]
         for client_db, server_db in self.databases.items():
-            lines.append(f"{client_db}= host={self.server_host} dbname={server_db} "
-                         f"port={self.server_port}")
+            lines.append(
+                f"{client_db}= host={self.server_host} dbname={server_db} port={self.server_port}"
+            )
         return "\n".join(lines) + "\n"
 
     def start(self) -> PgBouncer:
@@ -334,9 +376,14 @@ class PgBouncer:
         if owner is not None:
             as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            **as_user)
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **as_user,
+            )
         _wait_listening(self.port, self.process, self.log_path)
         return self
 
@@ -356,21 +403,26 @@ class PgBouncer:
         return f"postgres://{self.user}:{self.password}@127.0.0.1:{self.port}/{client_db}"
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path,
-                    timeout: float = 20.0) -> None:
+def _wait_listening(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}:\n"
-                               f"{log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"process exited with {process.returncode}:\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"nothing listens on port {port} after {timeout:g} s:\n"
-                               f"{log.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"nothing listens on port {port} after {timeout:g} s:\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.02)
 
 
@@ -380,8 +432,9 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path,
 class DelayProxyProcess:
     """bench/delayproxy.py in a process of its own, between a client and ``target``."""
 
-    def __init__(self, target_host: str, target_port: int, rtt_ms: float,
-                 max_seconds: float = 3600.0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, rtt_ms: float, max_seconds: float = 3600.0
+    ) -> None:
         self.target = (target_host, target_port)
         self.rtt_ms = rtt_ms
         self.max_seconds = max_seconds
@@ -390,10 +443,20 @@ class DelayProxyProcess:
 
     def start(self) -> DelayProxyProcess:
         self.process = subprocess.Popen(
-            [sys.executable, str(BENCH_DIR / "delayproxy.py"),
-             "--target", f"{self.target[0]}:{self.target[1]}",
-             "--rtt-ms", str(self.rtt_ms), "--max-seconds", str(self.max_seconds)],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
+            [
+                sys.executable,
+                str(BENCH_DIR / "delayproxy.py"),
+                "--target",
+                f"{self.target[0]}:{self.target[1]}",
+                "--rtt-ms",
+                str(self.rtt_ms),
+                "--max-seconds",
+                str(self.max_seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().split()
         if len(line) != 2 or line[0] != "ready":
@@ -429,19 +492,29 @@ def measure_rtt_ms(host: str, port: int, samples: int = 50) -> float:
 
 def versions(server: PostgresServer) -> dict[str, Any]:
     """What ran: Python and packages of the bench venv, PostgreSQL, PgBouncer, wrk."""
-    code = ("import json, platform, django, psycopg, sqlalchemy, gunicorn, psycopg_pool\n"
-            "from importlib.metadata import version\n"
-            "print(json.dumps({'python': platform.python_version(),"
-            " 'django': django.get_version(), 'psycopg': psycopg.__version__,"
-            " 'psycopg_pool': psycopg_pool.__version__, 'sqlalchemy': sqlalchemy.__version__,"
-            " 'gunicorn': gunicorn.__version__,"
-            " 'django-db-connection-pool': version('django-db-connection-pool'),"
-            " 'dj-database-url': version('dj-database-url')}))")
-    found = json.loads(subprocess.run([str(bench_python()), "-c", code], capture_output=True,
-                                      text=True, check=True, timeout=60).stdout)
+    code = (
+        "import json, platform, django, psycopg, sqlalchemy, gunicorn, psycopg_pool\n"
+        "from importlib.metadata import version\n"
+        "print(json.dumps({'python': platform.python_version(),"
+        " 'django': django.get_version(), 'psycopg': psycopg.__version__,"
+        " 'psycopg_pool': psycopg_pool.__version__, 'sqlalchemy': sqlalchemy.__version__,"
+        " 'gunicorn': gunicorn.__version__,"
+        " 'django-db-connection-pool': version('django-db-connection-pool'),"
+        " 'dj-database-url': version('dj-database-url')}))"
+    )
+    found = json.loads(
+        subprocess.run(
+            [str(bench_python()), "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
     found["postgresql"] = server.query("SHOW server_version")[0][0]
-    bouncer = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
-                             timeout=30).stdout.splitlines()
+    bouncer = subprocess.run(
+        [pgbouncer_binary(), "--version"], capture_output=True, text=True, timeout=30
+    ).stdout.splitlines()
     found["pgbouncer"] = bouncer[0].split()[-1] if bouncer else "?"
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=30)
     found["wrk"] = (wrk.stdout + wrk.stderr).split()[1] if (wrk.stdout + wrk.stderr) else "?"

@@ -211,31 +211,50 @@ SETUPS = {
 
 # Functions worth naming in the report: the checkout/checkin path and what it calls.
 INTERESTING = (
-    "djpool/", "sqlalchemy/pool/", "sqlalchemy/event/",
-    "django/db/backends/base/base.py", "django/db/backends/postgresql/base.py",
-    "django/db/__init__.py", "django/dispatch/dispatcher.py",
-    "psycopg/connection.py", "psycopg/cursor.py", "psycopg/_connection_base.py",
-    "select", "{method 'execute'", "psycopg/_preparing.py", "psycopg/waiting.py",
+    "djpool/",
+    "sqlalchemy/pool/",
+    "sqlalchemy/event/",
+    "django/db/backends/base/base.py",
+    "django/db/backends/postgresql/base.py",
+    "django/db/__init__.py",
+    "django/dispatch/dispatcher.py",
+    "psycopg/connection.py",
+    "psycopg/cursor.py",
+    "psycopg/_connection_base.py",
+    "select",
+    "{method 'execute'",
+    "psycopg/_preparing.py",
+    "psycopg/waiting.py",
 )
 
 
-def run_child(python: str, env: dict[str, str], requests: int, batches: int,
-              mode: str = "") -> dict:
-    done = subprocess.run([python, "-c", CHILD, str(requests), str(batches)],
-                          env={**env, "PROFILE_MODE": mode}, cwd=APP_DIR,
-                          capture_output=True, text=True, timeout=600)
+def run_child(
+    python: str, env: dict[str, str], requests: int, batches: int, mode: str = ""
+) -> dict:
+    done = subprocess.run(
+        [python, "-c", CHILD, str(requests), str(batches)],
+        env={**env, "PROFILE_MODE": mode},
+        cwd=APP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     for line in done.stdout.splitlines():
         if line.startswith("PROFILEJSON "):
-            return json.loads(line[len("PROFILEJSON "):])
-    raise RuntimeError(f"profile child failed ({done.returncode}):\n{done.stdout}\n"
-                       f"{done.stderr[-4000:]}")
+            return json.loads(line[len("PROFILEJSON ") :])
+    raise RuntimeError(
+        f"profile child failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-4000:]}"
+    )
 
 
 def child_env(url: str, setup: str, path: str) -> dict[str, str]:
     extra, shim = SETUPS[setup]
-    base = {key: value for key, value in os.environ.items()
-            if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG"))
-            and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE")}
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG"))
+        and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE")
+    }
     return {**base, **app_env({"DATABASE_URL": url, "PROFILE_PATH": path, **extra}, shim=shim)}
 
 
@@ -248,8 +267,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pyinstrument", action="store_true")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--attribute", action="store_true",
-                        help="wall time of each checkout/checkin step instead of cProfile")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="wall time of each checkout/checkin step instead of cProfile",
+    )
     args = parser.parse_args(argv)
     python = str(bench_python())
     if args.attribute:
@@ -260,23 +282,36 @@ def main(argv: list[str]) -> int:
         url = server.url("app", "app", sslmode="require", application_name="bench-profile")
         env = child_env(url, "g", args.path)
         for command in (["migrate", "--no-input"], ["seed_items", "1000"]):
-            subprocess.run([python, str(APP_DIR / "manage.py"), *command], env=env,
-                           cwd=APP_DIR, check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [python, str(APP_DIR / "manage.py"), *command],
+                env=env,
+                cwd=APP_DIR,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
         timings: dict[str, list[float]] = {"c": [], "g": []}
         for _ in range(args.repeats):
             for setup in ("g", "c"):
-                timings[setup] += run_child(python, child_env(url, setup, args.path),
-                                            args.requests, args.batches)["us"]
+                timings[setup] += run_child(
+                    python, child_env(url, setup, args.path), args.requests, args.batches
+                )["us"]
         medians = {setup: statistics.median(values) for setup, values in timings.items()}
-        print(f"{args.path} in one thread, WSGI handler called directly, "
-              f"{args.repeats} x {args.batches} batches of {args.requests}:")
+        print(
+            f"{args.path} in one thread, WSGI handler called directly, "
+            f"{args.repeats} x {args.batches} batches of {args.requests}:"
+        )
         for setup, value in medians.items():
             print(f"  {setup}: {value:7.1f} µs per request")
-        print(f"  c - g: {medians['c'] - medians['g']:+.1f} µs per request "
-              f"(c/g throughput if CPU-bound: {medians['g'] / medians['c']:.2f})")
+        print(
+            f"  c - g: {medians['c'] - medians['g']:+.1f} µs per request "
+            f"(c/g throughput if CPU-bound: {medians['g'] / medians['c']:.2f})"
+        )
         mode = "pyinstrument" if args.pyinstrument else "cprofile"
-        profiled = {setup: run_child(python, child_env(url, setup, args.path),
-                                     args.requests, 1, mode) for setup in ("c", "g")}
+        profiled = {
+            setup: run_child(python, child_env(url, setup, args.path), args.requests, 1, mode)
+            for setup in ("c", "g")
+        }
     if args.pyinstrument:
         print(profiled["c"]["tree"])
     else:
@@ -296,15 +331,21 @@ def attribute(python: str, requests: int, repeats: int) -> int:
         env.pop("DJANGO_SETTINGS_MODULE", None)
         runs = []
         for _ in range(repeats):
-            done = subprocess.run([python, "-c", ATTRIBUTE, str(requests)], env=env,
-                                  capture_output=True, text=True, timeout=600)
-            lines = [line for line in done.stdout.splitlines()
-                     if line.startswith("PROFILEJSON ")]
+            done = subprocess.run(
+                [python, "-c", ATTRIBUTE, str(requests)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            lines = [line for line in done.stdout.splitlines() if line.startswith("PROFILEJSON ")]
             if done.returncode != 0 or not lines:
                 raise RuntimeError(f"attribution failed:\n{done.stdout}\n{done.stderr[-3000:]}")
-            runs.append(json.loads(lines[-1][len("PROFILEJSON "):]))
-    print(f"djpool, one SELECT 1 per request, {repeats} processes x {requests} requests "
-          "(median µs per request; wall time unless said):")
+            runs.append(json.loads(lines[-1][len("PROFILEJSON ") :]))
+    print(
+        f"djpool, one SELECT 1 per request, {repeats} processes x {requests} requests "
+        "(median µs per request; wall time unless said):"
+    )
     for label in runs[0]:
         value = statistics.median(run[label] for run in runs)
         print(f"  {label:60} {value:7.1f}")
@@ -314,15 +355,20 @@ def attribute(python: str, requests: int, repeats: int) -> int:
 def print_profile(profiled: dict[str, dict], top: int) -> None:
     """The checkout/checkin path's functions in c, with g's figure for the same function."""
     g_rows = {row["where"]: row for row in profiled["g"]["profile"]}
-    rows = [row for row in profiled["c"]["profile"]
-            if any(marker in row["file"] or marker in row["where"] for marker in INTERESTING)]
+    rows = [
+        row
+        for row in profiled["c"]["profile"]
+        if any(marker in row["file"] or marker in row["where"] for marker in INTERESTING)
+    ]
     rows.sort(key=lambda row: row["cumtime_us"], reverse=True)
     print("\ncProfile of c (µs per request, profiler overhead included; g for comparison):")
     print(f"  {'function':70} {'calls':>6} {'own':>7} {'cum':>7} {'g cum':>7}")
     for row in rows[:top]:
         g_cum = g_rows.get(row["where"], {}).get("cumtime_us", 0.0)
-        print(f"  {row['where'][:70]:70} {row['calls']:6.1f} {row['tottime_us']:7.1f} "
-              f"{row['cumtime_us']:7.1f} {g_cum:7.1f}")
+        print(
+            f"  {row['where'][:70]:70} {row['calls']:6.1f} {row['tottime_us']:7.1f} "
+            f"{row['cumtime_us']:7.1f} {g_cum:7.1f}"
+        )
     total_c = sum(row["tottime_us"] for row in profiled["c"]["profile"])
     total_g = sum(row["tottime_us"] for row in profiled["g"]["profile"])
     print(f"  total profiled time per request: c {total_c:.0f} µs, g {total_g:.0f} µs")

@@ -35,34 +35,45 @@ def paired(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
     Runs without a ``slot`` (results saved before pairing existed) are compared
     with the median g run of their workload instead.
     """
-    ceiling = {(run["workload"], run["round"], run["slot"]): run for run in runs
-               if run["setup"] == CEILING and "slot" in run}
+    ceiling = {
+        (run["workload"], run["round"], run["slot"]): run
+        for run in runs
+        if run["setup"] == CEILING and "slot" in run
+    }
     fallback: dict[str, dict[str, float]] = {}
     for workload in {run["workload"] for run in runs}:
         group = [run for run in runs if run["setup"] == CEILING and run["workload"] == workload]
         if group:
-            fallback[workload] = {key: statistics.median(_value(run, key) for run in group)
-                                  for key in ("rps", "p99_ms", "cpu")}
+            fallback[workload] = {
+                key: statistics.median(_value(run, key) for run in group)
+                for key in ("rps", "p99_ms", "cpu")
+            }
     out = []
     for run in runs:
         if "slot" in run:
-            around = [ceiling.get((run["workload"], run["round"], run["slot"] + step))
-                      for step in (-1, 1)]
+            around = [
+                ceiling.get((run["workload"], run["round"], run["slot"] + step)) for step in (-1, 1)
+            ]
             near = [g for g in around if g is not None]
         else:
             near = []
         if near:
-            base = {key: statistics.fmean(_value(g, key) for g in near)
-                    for key in ("rps", "p99_ms", "cpu")}
+            base = {
+                key: statistics.fmean(_value(g, key) for g in near)
+                for key in ("rps", "p99_ms", "cpu")
+            }
         else:
             base = fallback.get(run["workload"], {})
         if run["setup"] == CEILING or not base:
-            out.append({"rps": 1.0, "p99_ms": 1.0, "cpu": 1.0} if run["setup"] == CEILING
-                       else {})
+            out.append({"rps": 1.0, "p99_ms": 1.0, "cpu": 1.0} if run["setup"] == CEILING else {})
             continue
-        out.append({"rps": _ratio(run["rps"], base["rps"]),
-                    "p99_ms": _ratio(run["p99_ms"], base["p99_ms"]),
-                    "cpu": _ratio(base["cpu"], _value(run, "cpu"))})
+        out.append(
+            {
+                "rps": _ratio(run["rps"], base["rps"]),
+                "p99_ms": _ratio(run["p99_ms"], base["p99_ms"]),
+                "cpu": _ratio(base["cpu"], _value(run, "cpu")),
+            }
+        )
     return out
 
 
@@ -90,8 +101,7 @@ def summarise(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str,
             "errors": sum(run["errors"] for run in group),
             "requests": sum(run["requests"] for run in group),
             "peak_connections": max(run["peak_connections"] for run in group),
-            "connections_opened": statistics.median(run["connections_opened"]
-                                                    for run in group),
+            "connections_opened": statistics.median(run["connections_opened"] for run in group),
             "rounds": len(group),
             "app_cpu_us": statistics.median(run.get("app_cpu_us", 0.0) for run in group),
             "db_cpu_us": statistics.median(run.get("db_cpu_us", 0.0) for run in group),
@@ -124,8 +134,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def add(what: str, value: float, goal: str, passed: bool) -> None:
-        rows.append({"target": what, "value": value, "goal": goal,
-                     "result": "pass" if passed else "MISS"})
+        rows.append(
+            {"target": what, "value": value, "goal": goal, "result": "pass" if passed else "MISS"}
+        )
 
     for workload in WORKLOADS:
         c, g = summary.get(("c", workload)), summary.get((CEILING, workload))
@@ -135,8 +146,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = c["p99_x_g"]
             add(f"c / g p99, {workload}", ratio, "<= 1.10", ratio <= 1.10)
             ratio = c["cpu_g_over"]
-            add(f"g / c CPU per request (cross-check), {workload}", ratio,
-                ">= 0.95", ratio >= 0.95)
+            add(f"g / c CPU per request (cross-check), {workload}", ratio, ">= 0.95", ratio >= 0.95)
     c, a = summary.get(("c", "items")), summary.get(("a", "items"))
     if c and a:
         ratio = _relative(c, a)
@@ -149,12 +159,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio = _relative(c, x)
                 add(f"c / {other} req/s, {workload}", ratio, ">= 1.00", ratio >= 1.0)
     limit = workers * (DJPOOL_POOL_SIZE + DJPOOL_MAX_OVERFLOW)
-    peaks = [summary[("c", workload)]["peak_connections"] for workload in WORKLOADS
-             if ("c", workload) in summary]
+    peaks = [
+        summary[("c", workload)]["peak_connections"]
+        for workload in WORKLOADS
+        if ("c", workload) in summary
+    ]
     if peaks:
-        add("c peak server connections", max(peaks),
+        add(
+            "c peak server connections",
+            max(peaks),
             f"<= {workers} x ({DJPOOL_POOL_SIZE}+{DJPOOL_MAX_OVERFLOW}) = {limit}",
-            max(peaks) <= limit)
+            max(peaks) <= limit,
+        )
     return rows
 
 
@@ -171,8 +187,10 @@ def main_tables(results: dict[str, Any]) -> str:
             continue
         what = "one indexed query" if workload == "items" else "three queries in atomic()"
         out.append(f"**{path}** ({what})\n")
-        out.append("| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run "
-                   "| CPU µs/req app+db | g CPU / CPU |")
+        out.append(
+            "| setup | | req/s | × g | p50 ms | p99 ms | errors | peak conns | opened/run "
+            "| CPU µs/req app+db | g CPU / CPU |"
+        )
         out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for key, label in setups.items():
             row = summary.get((key, workload))
@@ -183,7 +201,8 @@ def main_tables(results: dict[str, Any]) -> str:
                 f"{_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} | {row['errors']} | "
                 f"{row['peak_connections']} | {row['connections_opened']:g} | "
                 f"{row['app_cpu_us']:.0f}+{row['db_cpu_us']:.0f} | "
-                f"{_fmt(row['cpu_g_over'])} |")
+                f"{_fmt(row['cpu_g_over'])} |"
+            )
         out.append("")
     return "\n".join(out)
 
@@ -201,13 +220,15 @@ def budget_table(results: dict[str, Any]) -> str:
     if not results.get("budget"):
         return ""
     plan = results["plan"]
-    out = [f"max_connections={plan['budget_max_connections']} (3 of them reserved for "
-           f"superusers), gunicorn {plan['budget_workers']} × {plan['budget_threads']} "
-           f"threads, wrk -c {plan['budget_connections']} on {BUDGET_PATH} for "
-           f"{plan['budget_seconds']:g} s, a new connection per request, wrk timeout 5 s:\n",
-           "| setup | req/s | p99 ms | errors | requests | peak conns | serving? "
-           "| first error logged |",
-           "|---|---:|---:|---:|---:|---:|---|---|"]
+    out = [
+        f"max_connections={plan['budget_max_connections']} (3 of them reserved for "
+        f"superusers), gunicorn {plan['budget_workers']} × {plan['budget_threads']} "
+        f"threads, wrk -c {plan['budget_connections']} on {BUDGET_PATH} for "
+        f"{plan['budget_seconds']:g} s, a new connection per request, wrk timeout 5 s:\n",
+        "| setup | req/s | p99 ms | errors | requests | peak conns | serving? "
+        "| first error logged |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
     for row in results["budget"]:
         if "failed" in row:
             out.append(f"| {row['setup']} | – | – | – | – | – | no | {row['failed']} |")
@@ -216,9 +237,11 @@ def budget_table(results: dict[str, Any]) -> str:
         share = row["errors"] / total if total else 1.0
         serving = "yes" if share == 0 else ("partly" if share < 0.5 else "no")
         first = (row.get("log_lines") or [""])[0].replace("|", "\\|")[:120]
-        out.append(f"| {row['setup']} | {row['rps']:.0f} | {row['p99_ms']:.0f} | "
-                   f"{row['errors']} | {total} | "
-                   f"{row['peak_connections']} | {serving} ({share:.0%} errors) | {first} |")
+        out.append(
+            f"| {row['setup']} | {row['rps']:.0f} | {row['p99_ms']:.0f} | "
+            f"{row['errors']} | {total} | "
+            f"{row['peak_connections']} | {serving} ({share:.0%} errors) | {first} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -226,18 +249,24 @@ def startup_table(results: dict[str, Any]) -> str:
     startup = results.get("startup")
     if not startup:
         return ""
-    out = [f"| interpreter start (median of {startup.get('runs', 30)}) | ms | vs bare |",
-           "|---|---:|---:|"]
+    out = [
+        f"| interpreter start (median of {startup.get('runs', 30)}) | ms | vs bare |",
+        "|---|---:|---:|",
+    ]
     bare = startup["start_ms"]["bare"]
     for name, value in startup["start_ms"].items():
         out.append(f"| {name} | {value:.1f} | {value - bare:+.1f} |")
     out.append("")
-    out.append("| one request's database work, one process (close_old_connections, "
-               "SELECT 1, close_old_connections) | wall µs | client CPU µs | server CPU µs |")
+    out.append(
+        "| one request's database work, one process (close_old_connections, "
+        "SELECT 1, close_old_connections) | wall µs | client CPU µs | server CPU µs |"
+    )
     out.append("|---|---:|---:|---:|")
     for name, row in startup["request"].items():
-        cells = ["–" if row[key] is None else f"{row[key]:.0f}"
-                 for key in ("wall_us", "client_cpu_us", "server_cpu_us")]
+        cells = [
+            "–" if row[key] is None else f"{row[key]:.0f}"
+            for key in ("wall_us", "client_cpu_us", "server_cpu_us")
+        ]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -250,13 +279,18 @@ def headline(results: dict[str, Any]) -> str:
 
     def vs(key: str, other: str, workload: str = "items") -> float:
         """Paired: key's and other's req/s each relative to the g runs beside them."""
-        return _ratio(summary.get((key, workload), {}).get("rps_x_g", float("nan")),
-                      summary.get((other, workload), {}).get("rps_x_g", float("nan")))
+        return _ratio(
+            summary.get((key, workload), {}).get("rps_x_g", float("nan")),
+            summary.get((other, workload), {}).get("rps_x_g", float("nan")),
+        )
 
     budget = {row["setup"]: row for row in results.get("budget", [])}
     c_budget = budget.get("c", {})
-    failing = [key for key, row in budget.items()
-               if key != "c" and (("failed" in row) or row.get("errors", 0) > 0)]
+    failing = [
+        key
+        for key, row in budget.items()
+        if key != "c" and (("failed" in row) or row.get("errors", 0) > 0)
+    ]
     rtt = results["plan"]["rtt_ms"]
     where = f"with {rtt:g} ms between app and database" if rtt else "on loopback"
     text = (
@@ -269,10 +303,13 @@ def headline(results: dict[str, Any]) -> str:
         f"pool {rps('e'):.0f} and django-db-connection-pool {rps('f'):.0f}."
     )
     if c_budget and "errors" in c_budget:
-        text += (f" With 24 app threads and a 20-connection server, djpool answered every "
-                 f"request ({c_budget['errors']} errors) holding at most "
-                 f"{c_budget['peak_connections']} server connections"
-                 + (f", while {', '.join(failing)} failed requests" if failing else "") + ".")
+        text += (
+            f" With 24 app threads and a 20-connection server, djpool answered every "
+            f"request ({c_budget['errors']} errors) holding at most "
+            f"{c_budget['peak_connections']} server connections"
+            + (f", while {', '.join(failing)} failed requests" if failing else "")
+            + "."
+        )
     return text
 
 
@@ -284,9 +321,13 @@ def render(results: dict[str, Any]) -> str:
         f"and workload, each run between two runs of g (× g and the targets are medians of "
         f"those paired ratios); gunicorn gthread {plan['workers']} workers × {plan['threads']} "
         f"threads; wrk 1 thread, {plan['connections']} connections"
-        + (f"; database round trip +{plan['rtt_ms']:g} ms through the delay proxy "
-           f"(measured {results.get('measured_rtt_ms') or 0:.2f} ms per proxied round trip)"
-           if plan["rtt_ms"] else "; database on loopback") + ".\n",
+        + (
+            f"; database round trip +{plan['rtt_ms']:g} ms through the delay proxy "
+            f"(measured {results.get('measured_rtt_ms') or 0:.2f} ms per proxied round trip)"
+            if plan["rtt_ms"]
+            else "; database on loopback"
+        )
+        + ".\n",
         main_tables(results),
         "**Targets** (djpool = c, ceiling = g)\n",
         targets_table(results),
@@ -318,8 +359,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         rps = [summary.get((k, workload), {}).get("rps", 0) for k in keys]
         p99 = [summary.get((k, workload), {}).get("p99_ms", 0) for k in keys]
         colours = ["tab:green" if k == "c" else ("tab:gray" if k == "g" else None) for k in keys]
-        bars = left.bar(xs, rps, width, label=WORKLOADS[workload],
-                        alpha=1.0 if index == 0 else 0.6)
+        bars = left.bar(xs, rps, width, label=WORKLOADS[workload], alpha=1.0 if index == 0 else 0.6)
         right.bar(xs, p99, width, label=WORKLOADS[workload], alpha=1.0 if index == 0 else 0.6)
         for bar, colour in zip(bars, colours, strict=True):
             if colour:
@@ -331,9 +371,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
         axis.legend()
         axis.grid(axis="y", alpha=0.3)
     rtt = results["plan"]["rtt_ms"]
-    figure.suptitle("djpool (c) vs no pooling (a), persistent (b), PgBouncer (d), Django pool "
-                    "(e), django-db-connection-pool (f), ceiling (g)"
-                    + (f"; RTT +{rtt:g} ms" if rtt else "; loopback"), fontsize=10)
+    figure.suptitle(
+        "djpool (c) vs no pooling (a), persistent (b), PgBouncer (d), Django pool "
+        "(e), django-db-connection-pool (f), ceiling (g)"
+        + (f"; RTT +{rtt:g} ms" if rtt else "; loopback"),
+        fontsize=10,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -345,20 +388,23 @@ def update_docs(results: dict[str, Any], doc: Path, docs_dir: Path) -> None:
     rtt = results["plan"]["rtt_ms"]
     chart_name = f"benchmark-rtt{rtt:g}ms.png" if rtt else "benchmark.png"
     chart(results, docs_dir / chart_name)
-    block = "\n".join([
-        START_MARK,
-        f"_Generated by `{results['command']}` in {results['elapsed_s']:.0f} s; "
-        "edit outside the markers._\n",
-        f"![req/s and p99 per setup]({chart_name})\n",
-        render(results),
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()
-                                if k != "load_at_start")
-        + f"; load average at start {results['machine']['load_at_start'][0]:.2f}.\n",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-        + f"; server TimeZone {results.get('server_timezone')}; this repository at "
-        f"{results.get('code', '?')}.\n",
-        END_MARK,
-    ])
+    block = "\n".join(
+        [
+            START_MARK,
+            f"_Generated by `{results['command']}` in {results['elapsed_s']:.0f} s; "
+            "edit outside the markers._\n",
+            f"![req/s and p99 per setup]({chart_name})\n",
+            render(results),
+            "Machine: "
+            + ", ".join(f"{k} {v}" for k, v in results["machine"].items() if k != "load_at_start")
+            + f"; load average at start {results['machine']['load_at_start'][0]:.2f}.\n",
+            "Versions: "
+            + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+            + f"; server TimeZone {results.get('server_timezone')}; this repository at "
+            f"{results.get('code', '?')}.\n",
+            END_MARK,
+        ]
+    )
     text = doc.read_text() if doc.exists() else f"# Benchmark\n\n{START_MARK}\n{END_MARK}\n"
     if START_MARK not in text or END_MARK not in text:
         text += f"\n{START_MARK}\n{END_MARK}\n"

@@ -114,19 +114,24 @@ class Stage:
         env = {"DATABASE_URL": self.server.url("bench_template", APP_ROLE, sslmode="require")}
         for command in (["migrate", "--no-input"], ["seed_items", str(SEEDED_ITEMS)]):
             done = subprocess.run(
-                [str(bench_python()), str(APP_DIR / "manage.py"), *command], cwd=APP_DIR,
-                env=_clean_env(app_env(env, shim=False)), capture_output=True, text=True,
-                timeout=300)
+                [str(bench_python()), str(APP_DIR / "manage.py"), *command],
+                cwd=APP_DIR,
+                env=_clean_env(app_env(env, shim=False)),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if done.returncode != 0:
-                raise RuntimeError(f"manage.py {' '.join(command)} failed:\n"
-                                   f"{done.stdout}\n{done.stderr}")
+                raise RuntimeError(
+                    f"manage.py {' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
+                )
         self.server.close_admin_connections()
         for setup in setups:
-            self.server.query(f'CREATE DATABASE "{setup.database}" TEMPLATE bench_template '
-                              f'OWNER "{APP_ROLE}"')
+            self.server.query(
+                f'CREATE DATABASE "{setup.database}" TEMPLATE bench_template OWNER "{APP_ROLE}"'
+            )
         if self.rtt_ms > 0:
-            self.proxy = DelayProxyProcess(self.server.host, self.server.port,
-                                           self.rtt_ms).start()
+            self.proxy = DelayProxyProcess(self.server.host, self.server.port, self.rtt_ms).start()
             self.measured_rtt_ms = measure_rtt_ms("127.0.0.1", self.proxy.port)
         return self
 
@@ -136,8 +141,13 @@ class Stage:
         return self.proxy.port if self.proxy else int(self.server.port or 0)
 
     def direct_url(self, setup: Setup) -> str:
-        return self.server.url(setup.database, APP_ROLE, port=self.db_port,
-                               sslmode="require", application_name=f"bench-{setup.key}")
+        return self.server.url(
+            setup.database,
+            APP_ROLE,
+            port=self.db_port,
+            sslmode="require",
+            application_name=f"bench-{setup.key}",
+        )
 
     def close(self) -> None:
         if self.proxy is not None:
@@ -148,30 +158,51 @@ class Stage:
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     import os
 
-    keep = {key: value for key, value in os.environ.items()
-            if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG"))
-            and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE",
-                            "VIRTUAL_ENV")}
+    keep = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG"))
+        and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE", "VIRTUAL_ENV")
+    }
     return {**keep, **extra}
 
 
 class Deployment:
     """One setup's app server (and its PgBouncer) on a stage."""
 
-    def __init__(self, stage: Stage, setup: Setup, workers: int, threads: int,
-                 pool_budget: int, worker_connections: int | None = None) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        setup: Setup,
+        workers: int,
+        threads: int,
+        pool_budget: int,
+        worker_connections: int | None = None,
+    ) -> None:
         self.stage = stage
         self.setup = setup
         self.bouncer: PgBouncer | None = None
         if setup.pgbouncer:
             self.bouncer = PgBouncer(
-                server_host=stage.server.host, server_port=stage.db_port,
-                databases={"db1": setup.database}, user=APP_ROLE, password=stage.password,
-                pool_mode=setup.pgbouncer, default_pool_size=pool_budget)
-        extra = ([] if worker_connections is None
-                 else ["--worker-connections", str(worker_connections)])
-        self.app = BenchApp(env={}, shim=setup.shim, workers=workers, threads=threads,
-                            start_timeout=90, extra_args=extra)
+                server_host=stage.server.host,
+                server_port=stage.db_port,
+                databases={"db1": setup.database},
+                user=APP_ROLE,
+                password=stage.password,
+                pool_mode=setup.pgbouncer,
+                default_pool_size=pool_budget,
+            )
+        extra = (
+            [] if worker_connections is None else ["--worker-connections", str(worker_connections)]
+        )
+        self.app = BenchApp(
+            env={},
+            shim=setup.shim,
+            workers=workers,
+            threads=threads,
+            start_timeout=90,
+            extra_args=extra,
+        )
         self.workers = workers
 
     def start(self) -> Deployment:
@@ -203,9 +234,17 @@ class Deployment:
 # -- measuring -----------------------------------------------------------------------
 
 
-def measure(stage: Stage, sampler: ConnectionSampler, deployment: Deployment, path: str,
-            seconds: float, warmup: float, connections: int,
-            timeout_s: int = 10, keepalive: bool = True) -> dict[str, Any]:
+def measure(
+    stage: Stage,
+    sampler: ConnectionSampler,
+    deployment: Deployment,
+    path: str,
+    seconds: float,
+    warmup: float,
+    connections: int,
+    timeout_s: int = 10,
+    keepalive: bool = True,
+) -> dict[str, Any]:
     """One measured wrk run after a short warm-up; what wrk and the server saw."""
     url = deployment.url(path)
     if warmup > 0:
@@ -223,11 +262,18 @@ def measure(stage: Stage, sampler: ConnectionSampler, deployment: Deployment, pa
     app_cpu = (cpu_after[0] - cpu_before[0]) / served * 1e6
     db_cpu = (cpu_after[1] - cpu_before[1]) / served * 1e6
     return {
-        "rps": result.rps, "p50_ms": result.p50_us / 1000, "p90_ms": result.p90_us / 1000,
-        "p99_ms": result.p99_us / 1000, "requests": result.requests, "errors": result.errors,
-        "status_errors": result.status, "socket_errors": result.errors - result.status,
-        "peak_connections": peak, "connections_opened": opened,
-        "app_cpu_us": app_cpu, "db_cpu_us": db_cpu,
+        "rps": result.rps,
+        "p50_ms": result.p50_us / 1000,
+        "p90_ms": result.p90_us / 1000,
+        "p99_ms": result.p99_us / 1000,
+        "requests": result.requests,
+        "errors": result.errors,
+        "status_errors": result.status,
+        "socket_errors": result.errors - result.status,
+        "peak_connections": peak,
+        "connections_opened": opened,
+        "app_cpu_us": app_cpu,
+        "db_cpu_us": db_cpu,
     }
 
 
@@ -239,28 +285,53 @@ def run_main(plan: Plan, setups: list[Setup], workloads: list[str]) -> dict[str,
     try:
         for setup in setups:
             print(f"       starting {setup.key}: {setup.label}", flush=True)
-            deployments.append(Deployment(
-                stage, setup, plan.workers, plan.threads, pool_budget=plan.workers * 5,
-                worker_connections=worker_share(plan.connections, plan.workers)).start())
+            deployments.append(
+                Deployment(
+                    stage,
+                    setup,
+                    plan.workers,
+                    plan.threads,
+                    pool_budget=plan.workers * 5,
+                    worker_connections=worker_share(plan.connections, plan.workers),
+                ).start()
+            )
         with ConnectionSampler(stage.server) as sampler:
             for round_number in range(plan.rounds):
                 for workload in workloads:
                     for slot, deployment in enumerate(round_order(deployments, round_number)):
-                        figures = measure(stage, sampler, deployment, WORKLOADS[workload],
-                                          plan.seconds, plan.warmup, plan.connections)
-                        figures.update(setup=deployment.setup.key, workload=workload,
-                                       round=round_number + 1, slot=slot)
+                        figures = measure(
+                            stage,
+                            sampler,
+                            deployment,
+                            WORKLOADS[workload],
+                            plan.seconds,
+                            plan.warmup,
+                            plan.connections,
+                        )
+                        figures.update(
+                            setup=deployment.setup.key,
+                            workload=workload,
+                            round=round_number + 1,
+                            slot=slot,
+                        )
                         runs.append(figures)
-                        print(f"       round {round_number + 1} {workload:6} "
-                              f"{deployment.setup.key:6} {figures['rps']:8.1f} req/s  "
-                              f"p99 {figures['p99_ms']:7.2f} ms  errors {figures['errors']}"
-                              f"  CPU/req {figures['app_cpu_us']:.0f}+{figures['db_cpu_us']:.0f} µs"
-                              f"  peak conns {figures['peak_connections']}"
-                              f"  opened {figures['connections_opened']}", flush=True)
+                        print(
+                            f"       round {round_number + 1} {workload:6} "
+                            f"{deployment.setup.key:6} {figures['rps']:8.1f} req/s  "
+                            f"p99 {figures['p99_ms']:7.2f} ms  errors {figures['errors']}"
+                            f"  CPU/req {figures['app_cpu_us']:.0f}+{figures['db_cpu_us']:.0f} µs"
+                            f"  peak conns {figures['peak_connections']}"
+                            f"  opened {figures['connections_opened']}",
+                            flush=True,
+                        )
         found_versions = versions(stage.server)
         timezone = stage.server.query("SHOW TimeZone")[0][0]
-        return {"runs": runs, "versions": found_versions, "server_timezone": timezone,
-                "measured_rtt_ms": stage.measured_rtt_ms}
+        return {
+            "runs": runs,
+            "versions": found_versions,
+            "server_timezone": timezone,
+            "measured_rtt_ms": stage.measured_rtt_ms,
+        }
     finally:
         for deployment in deployments:
             deployment.stop()
@@ -310,14 +381,26 @@ def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
     try:
         with ConnectionSampler(stage.server) as sampler:
             for setup in setups:
-                deployment = Deployment(stage, setup, plan.budget_workers, plan.budget_threads,
-                                        pool_budget=plan.budget_workers * 5)
+                deployment = Deployment(
+                    stage,
+                    setup,
+                    plan.budget_workers,
+                    plan.budget_threads,
+                    pool_budget=plan.budget_workers * 5,
+                )
                 try:
                     deployment.start()
-                    figures = measure(stage, sampler, deployment, BUDGET_PATH,
-                                      plan.budget_seconds, plan.warmup,
-                                      plan.budget_connections, timeout_s=5,
-                                      keepalive=False)
+                    figures = measure(
+                        stage,
+                        sampler,
+                        deployment,
+                        BUDGET_PATH,
+                        plan.budget_seconds,
+                        plan.warmup,
+                        plan.budget_connections,
+                        timeout_s=5,
+                        keepalive=False,
+                    )
                     figures["log_lines"] = _error_lines(deployment.app.log_text())
                 except Exception as error:  # noqa: BLE001 - a setup that cannot start is a result
                     figures = {"failed": f"{type(error).__name__}: {error}"[:400]}
@@ -326,11 +409,17 @@ def run_budget(plan: Plan, setups: list[Setup]) -> list[dict[str, Any]]:
                     _wait_drained(stage, setup.database)
                 figures["setup"] = setup.key
                 results.append(figures)
-                print(f"       budget {setup.key:6} "
-                      + (f"{figures['rps']:8.1f} req/s  errors {figures['errors']}"
-                         f" of {figures['requests'] + figures['socket_errors']}"
-                         f"  peak conns {figures['peak_connections']}"
-                         if "rps" in figures else figures["failed"]), flush=True)
+                print(
+                    f"       budget {setup.key:6} "
+                    + (
+                        f"{figures['rps']:8.1f} req/s  errors {figures['errors']}"
+                        f" of {figures['requests'] + figures['socket_errors']}"
+                        f"  peak conns {figures['peak_connections']}"
+                        if "rps" in figures
+                        else figures["failed"]
+                    ),
+                    flush=True,
+                )
     finally:
         stage.close()
     return results
@@ -375,8 +464,13 @@ def run_startup(quick: bool) -> dict[str, Any] | None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="djpool's benchmark (see bench/run.py)")
     parser.add_argument("--quick", action="store_true", help="one short round, to try things")
-    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
-                        help="route database traffic through a proxy adding MS ms per round trip")
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="route database traffic through a proxy adding MS ms per round trip",
+    )
     parser.add_argument("--seconds", type=float, default=0.0, help="length of a measured run")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up before each run")
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds")
@@ -385,10 +479,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workloads", default="items,items3")
     parser.add_argument("--no-budget", action="store_true", help="skip the connection budget")
     parser.add_argument("--no-startup", action="store_true", help="skip bench/startup.py")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=TREE",
-                        help="also run c with TREE/shim (a proposal applied to a copy)")
-    parser.add_argument("--docs", action="store_true",
-                        help="rewrite docs/benchmark.md's result sections and docs/benchmark.png")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=TREE",
+        help="also run c with TREE/shim (a proposal applied to a copy)",
+    )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="rewrite docs/benchmark.md's result sections and docs/benchmark.png",
+    )
     args = parser.parse_args(argv)
 
     import report
@@ -400,28 +502,38 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     where = machine()  # load average as the run starts
     print("-----> Machine: " + json.dumps(where), flush=True)
-    print(f"-----> Side by side: {len(setups)} setups x {len(workloads)} workloads x "
-          f"{plan.rounds} rounds of {plan.seconds:g} s (+{plan.warmup:g} s warm-up), "
-          f"gunicorn gthread {plan.workers}x{plan.threads}, wrk -c {plan.connections}"
-          + (f", database RTT +{plan.rtt_ms:g} ms" if plan.rtt_ms else ""), flush=True)
+    print(
+        f"-----> Side by side: {len(setups)} setups x {len(workloads)} workloads x "
+        f"{plan.rounds} rounds of {plan.seconds:g} s (+{plan.warmup:g} s warm-up), "
+        f"gunicorn gthread {plan.workers}x{plan.threads}, wrk -c {plan.connections}"
+        + (f", database RTT +{plan.rtt_ms:g} ms" if plan.rtt_ms else ""),
+        flush=True,
+    )
     main_results = run_main(plan, setups, workloads)
     budget = []
     if not args.no_budget:
-        print(f"-----> Connection budget: max_connections={plan.budget_max_connections}, "
-              f"gunicorn {plan.budget_workers}x{plan.budget_threads}, "
-              f"wrk -c {plan.budget_connections}", flush=True)
+        print(
+            f"-----> Connection budget: max_connections={plan.budget_max_connections}, "
+            f"gunicorn {plan.budget_workers}x{plan.budget_threads}, "
+            f"wrk -c {plan.budget_connections}",
+            flush=True,
+        )
         budget = run_budget(plan, setups)
     startup = None
     if not args.no_startup:
         print("-----> Startup and per-request overhead (bench/startup.py)", flush=True)
         startup = run_startup(args.quick)
-    code = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                          capture_output=True, text=True).stdout.strip()
+    code = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     results = {
         "code": code or "?",
-        "command": command, "plan": asdict(plan), "machine": where,
+        "command": command,
+        "plan": asdict(plan),
+        "machine": where,
         "setups": {setup.key: setup.label for setup in setups},
-        "budget": budget, "startup": startup,
+        "budget": budget,
+        "startup": startup,
         "elapsed_s": round(time.monotonic() - started, 1),
         **main_results,
     }
@@ -435,8 +547,11 @@ def main(argv: list[str]) -> int:
     report.chart(results, OUT_DIR / "benchmark.png")
     if args.docs:
         report.update_docs(results, REPO / "docs" / "benchmark.md", REPO / "docs")
-    print(f"\n-----> Done in {results['elapsed_s']:.0f} s; results in "
-          f"{(OUT_DIR / 'results.json').relative_to(REPO)}", flush=True)
+    print(
+        f"\n-----> Done in {results['elapsed_s']:.0f} s; results in "
+        f"{(OUT_DIR / 'results.json').relative_to(REPO)}",
+        flush=True,
+    )
     return 0
 
 

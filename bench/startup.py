@@ -96,10 +96,14 @@ IMPORT_BACKEND = "import django.db.backends.postgresql.base"
 
 def _env(extra: dict[str, str], shim: bool | Path) -> dict[str, str]:
     """A clean environment; ``shim`` True means this repo's shim, a Path another tree's."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG", "LOOP_"))
-           and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE",
-                           "PYTHONDONTWRITEBYTECODE")}  # start-up is timed with .pyc cached
+    prefixes = ("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG", "LOOP_")
+    # PYTHONDONTWRITEBYTECODE goes too: start-up is timed with .pyc cached.
+    names = ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE", "PYTHONDONTWRITEBYTECODE")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(prefixes) and key not in names
+    }
     if shim:
         env["PYTHONPATH"] = str(SHIM_DIR if shim is True else shim)
     env.update(extra)
@@ -111,8 +115,14 @@ def time_start(python: str, code: str, env: dict[str, str]) -> float:
     import time
 
     started = time.perf_counter()
-    subprocess.run([python, "-c", code], env=env, check=True, timeout=60,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [python, "-c", code],
+        env=env,
+        check=True,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return (time.perf_counter() - started) * 1000
 
 
@@ -121,10 +131,14 @@ def interpreter_start(python: str, url: str, runs: int) -> dict[str, float]:
         "bare: python -c pass": ("pass", _env({}, shim=False)),
         "shim, no DATABASE_URL": ("pass", _env({}, shim=True)),
         "shim, DATABASE_URL set": ("pass", _env({"DATABASE_URL": url}, shim=True)),
-        "import Django's backend, no shim": (IMPORT_BACKEND,
-                                             _env({"DATABASE_URL": url}, shim=False)),
-        "import Django's backend, shim (patch applied)": (IMPORT_BACKEND,
-                                                          _env({"DATABASE_URL": url}, shim=True)),
+        "import Django's backend, no shim": (
+            IMPORT_BACKEND,
+            _env({"DATABASE_URL": url}, shim=False),
+        ),
+        "import Django's backend, shim (patch applied)": (
+            IMPORT_BACKEND,
+            _env({"DATABASE_URL": url}, shim=True),
+        ),
     }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for code, env in variants.values():  # warm the page cache once
@@ -143,14 +157,21 @@ def default_variants(iterations: int) -> dict[str, Variant]:
         "persistent connection (ceiling)": ({"LOOP_CONN_MAX_AGE": "none"}, False, iterations),
         "djpool checkout + checkin": ({"LOOP_CONN_MAX_AGE": "0"}, True, iterations),
         "persistent + DISCARD ALL (the reset's round trip)": (
-            {"LOOP_CONN_MAX_AGE": "none", "LOOP_EXTRA_SQL": "DISCARD ALL"}, False, iterations),
-        "no pooling (new TLS + SCRAM connection)": ({"LOOP_CONN_MAX_AGE": "0"}, False,
-                                                    max(iterations // 20, 10)),
+            {"LOOP_CONN_MAX_AGE": "none", "LOOP_EXTRA_SQL": "DISCARD ALL"},
+            False,
+            iterations,
+        ),
+        "no pooling (new TLS + SCRAM connection)": (
+            {"LOOP_CONN_MAX_AGE": "0"},
+            False,
+            max(iterations // 20, 10),
+        ),
     }
 
 
-def per_request(python: str, url: str, variants: dict[str, Variant], repeats: int,
-                batches: int) -> dict[str, dict[str, float | None]]:
+def per_request(
+    python: str, url: str, variants: dict[str, Variant], repeats: int, batches: int
+) -> dict[str, dict[str, float | None]]:
     """Per variant: medians over batches of wall µs, client CPU µs and server CPU µs per request.
 
     Variants run in separate processes, interleaved ``repeats`` times.
@@ -161,7 +182,10 @@ def per_request(python: str, url: str, variants: dict[str, Variant], repeats: in
             done = subprocess.run(
                 [python, "-c", LOOP, str(count), str(batches)],
                 env=_env({"DATABASE_URL": url, **extra}, shim=shim),
-                capture_output=True, text=True, timeout=600)
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"{name} failed:\n{done.stdout}\n{done.stderr}")
             samples[name].extend(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -175,25 +199,31 @@ def per_request(python: str, url: str, variants: dict[str, Variant], repeats: in
     return summary
 
 
-def print_per_request(say: Callable[[str], None],
-                      results: dict[str, dict[str, float | None]], base_name: str) -> None:
+def print_per_request(
+    say: Callable[[str], None], results: dict[str, dict[str, float | None]], base_name: str
+) -> None:
     base = results[base_name]
     say(f"       {'':52} {'wall µs':>9} {'client CPU':>11} {'server CPU':>11}")
     for name, row in results.items():
         cells = []
         for key in ("wall_us", "client_cpu_us", "server_cpu_us"):
             value, ref = row[key], base[key]
-            cells.append("        –  " if value is None else
-                         f"{value:6.0f}" + (f" {value - ref:+4.0f}" if ref is not None
-                                            and name != base_name else "     "))
+            if value is None:
+                cells.append("        –  ")
+                continue
+            delta = f" {value - ref:+4.0f}" if ref is not None and name != base_name else "     "
+            cells.append(f"{value:6.0f}{delta}")
         say(f"       {name[:52]:52} " + " ".join(cells))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--json", action="store_true",
-                        help="print the human summary on stderr and one JSON line on stdout")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the human summary on stderr and one JSON line on stdout",
+    )
     args = parser.parse_args(argv)
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
     python = str(bench_python())
@@ -208,13 +238,17 @@ def main(argv: list[str]) -> int:
         bare = start_ms["bare: python -c pass"]
         for name, value in start_ms.items():
             say(f"       {name:48} {value:7.1f} ms  ({value - bare:+.1f} ms vs bare)")
-        say(f"       per request: {repeats} processes x {batches} batches x {iterations} "
-            "requests per variant, interleaved")
+        say(
+            f"       per request: {repeats} processes x {batches} batches x {iterations} "
+            "requests per variant, interleaved"
+        )
         request = per_request(python, url, default_variants(iterations), repeats, batches)
         print_per_request(say, request, "persistent connection (ceiling)")
     if args.json:
-        named = {key.split(":")[0] if key.startswith("bare") else key: value
-                 for key, value in start_ms.items()}
+        named = {
+            key.split(":")[0] if key.startswith("bare") else key: value
+            for key, value in start_ms.items()
+        }
         print(json.dumps({"runs": runs, "start_ms": named, "request": request}))
     return 0
 

@@ -45,9 +45,13 @@ def make_tree(name: str, patches: list[Path]) -> Path:
     # repository and silently skip every path outside the tree's own directory.
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tree.parent)}
     for patch in patches:
-        done = subprocess.run(["git", "apply", "--verbose", "--whitespace=nowarn",
-                               str(patch.resolve())],
-                              cwd=tree, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            ["git", "apply", "--verbose", "--whitespace=nowarn", str(patch.resolve())],
+            cwd=tree,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0 or "Applied patch" not in done.stderr:
             raise SystemExit(f"{patch.name} does not apply to this checkout:\n{done.stderr}")
     return tree
@@ -58,15 +62,22 @@ def tree_at(name: str, revision: str) -> Path:
     tree = TREES / name
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", revision, "lib", "shim"], cwd=REPO,
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", revision, "lib", "shim"], cwd=REPO, check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return tree
 
 
-def wsgi_per_request(python: str, url: str, trees: dict[str, Path | bool], path: str,
-                     repeats: int, requests: int,
-                     batches: int) -> dict[str, dict[str, float | None]]:
+def wsgi_per_request(
+    python: str,
+    url: str,
+    trees: dict[str, Path | bool],
+    path: str,
+    repeats: int,
+    requests: int,
+    batches: int,
+) -> dict[str, dict[str, float | None]]:
     """Per request of the app's WSGI handler, one process per variant, interleaved:
     medians of wall µs, client CPU µs and server CPU µs."""
     samples: dict[str, list[dict[str, float | None]]] = {name: [] for name in trees}
@@ -75,13 +86,20 @@ def wsgi_per_request(python: str, url: str, trees: dict[str, Path | bool], path:
             env = child_env(url, "g" if shim is False else "c", path)
             if isinstance(shim, Path):
                 env["PYTHONPATH"] = env["PYTHONPATH"].replace(
-                    str(REPO / "shim"), str(shim / "shim"))
-            done = subprocess.run([python, "-c", CHILD, str(requests), str(batches)], env=env,
-                                  cwd=APP_DIR, capture_output=True, text=True, timeout=600)
+                    str(REPO / "shim"), str(shim / "shim")
+                )
+            done = subprocess.run(
+                [python, "-c", CHILD, str(requests), str(batches)],
+                env=env,
+                cwd=APP_DIR,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             lines = [line for line in done.stdout.splitlines() if line.startswith("PROFILEJSON ")]
             if done.returncode != 0 or not lines:
                 raise RuntimeError(f"{name} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
-            samples[name] += json.loads(lines[-1][len("PROFILEJSON "):])["batches"]
+            samples[name] += json.loads(lines[-1][len("PROFILEJSON ") :])["batches"]
     summary: dict[str, dict[str, float | None]] = {}
     for name, seen in samples.items():
         summary[name] = {}
@@ -99,11 +117,21 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("patches", nargs="*", type=Path)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
-                        help="reach the database through the delay proxy (MS per round trip)")
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="reach the database through the delay proxy (MS per round trip)",
+    )
     parser.add_argument("--no-wsgi", action="store_true", help="only the SELECT 1 loop")
-    parser.add_argument("--ref", action="append", default=[], metavar="NAME=REV",
-                        help="also measure lib/ and shim/ as of git revision REV")
+    parser.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="NAME=REV",
+        help="also measure lib/ and shim/ as of git revision REV",
+    )
     args = parser.parse_args(argv)
     patches = args.patches or sorted((BENCH / "proposals").glob("*.diff"))
     trees: dict[str, Path] = {}
@@ -129,37 +157,51 @@ def main(argv: list[str]) -> int:
         if args.rtt > 0:
             proxy = DelayProxyProcess(server.host, int(server.port or 0), args.rtt).start()
             port = proxy.port
-        url = server.url("app", "app", port=port, sslmode="require",
-                         application_name="bench-proposals")
+        url = server.url(
+            "app", "app", port=port, sslmode="require", application_name="bench-proposals"
+        )
         env = child_env(url, "g", "/items/")
         for command in (["migrate", "--no-input"], ["seed_items", "1000"]):
-            subprocess.run([python, str(APP_DIR / "manage.py"), *command], env=env,
-                           cwd=APP_DIR, check=True, capture_output=True, timeout=300)
+            subprocess.run(
+                [python, str(APP_DIR / "manage.py"), *command],
+                env=env,
+                cwd=APP_DIR,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
         variants: dict[str, Variant] = {
-            "g: persistent connection (ceiling)": ({"LOOP_CONN_MAX_AGE": "none"}, False,
-                                                   iterations),
+            "g: persistent connection (ceiling)": (
+                {"LOOP_CONN_MAX_AGE": "none"},
+                False,
+                iterations,
+            ),
             "c: djpool as it is": ({"LOOP_CONN_MAX_AGE": "0"}, True, iterations),
         }
         for name, tree in trees.items():
             variants[f"c+{name}"] = ({"LOOP_CONN_MAX_AGE": "0"}, tree / "shim", iterations)
-        print(f"-----> One request's database work (SELECT 1), {repeats} x {batches} batches "
-              f"of {iterations}; server TimeZone {server.query('SHOW TimeZone')[0][0]}"
-              + (f"; database RTT +{args.rtt:g} ms" if args.rtt else ""))
+        print(
+            f"-----> One request's database work (SELECT 1), {repeats} x {batches} batches "
+            f"of {iterations}; server TimeZone {server.query('SHOW TimeZone')[0][0]}"
+            + (f"; database RTT +{args.rtt:g} ms" if args.rtt else "")
+        )
         results = per_request(python, url, variants, repeats, batches)
         print_per_request(print, results, "g: persistent connection (ceiling)")
         wsgi_trees: dict[str, Path | bool] = {"g": False, "c": True, **trees}
         for path in () if args.no_wsgi else ("/items/", "/items3/"):
             print(f"-----> The sample app's {path} through its WSGI handler, one thread")
-            found = wsgi_per_request(python, url, wsgi_trees, path, repeats,
-                                     iterations, batches)
+            found = wsgi_per_request(python, url, wsgi_trees, path, repeats, iterations, batches)
             print_per_request(print, found, "g")
             g_cpu = _cpu(found["g"])
-            print("       CPU-bound throughput relative to g (client + server CPU): "
-                  + ", ".join(f"{name} {g_cpu / _cpu(row):.2f}" for name, row in found.items()))
+            print(
+                "       CPU-bound throughput relative to g (client + server CPU): "
+                + ", ".join(f"{name} {g_cpu / _cpu(row):.2f}" for name, row in found.items())
+            )
         if proxy is not None:
             proxy.stop()
-    variants_args = " ".join(f"--variant {name}={tree.relative_to(REPO)}"
-                             for name, tree in trees.items())
+    variants_args = " ".join(
+        f"--variant {name}={tree.relative_to(REPO)}" for name, tree in trees.items()
+    )
     print(f"\n       wrk: .venv/bench/bin/python bench/run.py --setups c,g {variants_args}")
     return 0
 
