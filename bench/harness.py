@@ -66,7 +66,7 @@ def bench_python() -> Path:
 def app_env(env: Mapping[str, str], *, shim: bool | Path) -> dict[str, str]:
     """A dyno's environment for the sample app with the bench settings overlay.
 
-    shim: True for this repo's shim/, a Path for another tree's (a proposal's).
+    shim: True for this repo's shim/, a Path for another tree's (bench/compare_trees.py).
     """
     shim_dir = SHIM_DIR if shim is True else shim
     path = ([str(shim_dir)] if shim_dir else []) + [str(SETTINGS_DIR), str(APP_DIR)]

@@ -484,7 +484,7 @@ def main(argv: list[str]) -> int:
         action="append",
         default=[],
         metavar="NAME=TREE",
-        help="also run c with TREE/shim (a proposal applied to a copy)",
+        help="also run c with TREE/shim (e.g. a tree made by bench/compare_trees.py)",
     )
     parser.add_argument(
         "--docs",

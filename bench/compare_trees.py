@@ -1,15 +1,20 @@
-"""Measure proposed changes to lib/djpool (bench/proposals/*.diff) without applying them here.
+"""Compare changed copies of lib/djpool with this checkout's, per request, without touching it.
 
-Each patch is applied to a fresh copy of this repo's lib/ and shim/ (under
-bench/out/trees/NAME, kept so ``bench/run.py --variant NAME=bench/out/trees/NAME``
-can drive it with wrk), and, when there are several, all of them in order to
-one more copy ("all"). Then one process per variant loops over a request's
-database work (bench/startup.py's loop: close_old_connections, SELECT 1,
-close_old_connections) and the sample app's WSGI handler (bench/profile_request.py's
-loop, /items/ and /items3/), interleaved, and prints per request: wall time,
-the client's CPU time and the server backend's CPU time.
+Each variant is a copy of this repo's lib/ and shim/ under bench/out/trees/NAME
+(kept, so ``bench/run.py --variant NAME=bench/out/trees/NAME`` can drive it
+with wrk beside c and g): a patch applied to a fresh copy (``git apply``;
+with several patches, also all of them in order, as "all"), or lib/ and
+shim/ as of a git revision (``--ref NAME=REV``). Then one process per
+variant, interleaved with c (this checkout) and g (a persistent connection,
+the ceiling), loops over a request's database work (bench/startup.py's loop:
+close_old_connections, SELECT 1, close_old_connections) and the sample app's
+WSGI handler (bench/profile_request.py's loop, /items/ and /items3/), and
+prints per request: wall time, the client's CPU time and the server
+backend's CPU time.
 
-    .venv/bench/bin/python bench/proposals/measure.py [PATCH ...] [--quick]
+    .venv/bench/bin/python bench/compare_trees.py change.diff [MORE.diff ...] [--quick]
+    .venv/bench/bin/python bench/compare_trees.py --ref before=REV    # lib/ as of a commit
+    .venv/bench/bin/python bench/compare_trees.py change.diff --rtt 2  # database 2 ms away
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from harness import APP_DIR, REPO, DelayProxyProcess, PostgresServer, bench_python  # noqa: E402
@@ -58,7 +63,7 @@ def make_tree(name: str, patches: list[Path]) -> Path:
 
 
 def tree_at(name: str, revision: str) -> Path:
-    """lib/ and shim/ as they were at ``revision`` (e.g. before a proposal was applied)."""
+    """lib/ and shim/ as they were at ``revision`` (e.g. before a change was committed)."""
     tree = TREES / name
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir(parents=True)
@@ -133,7 +138,9 @@ def main(argv: list[str]) -> int:
         help="also measure lib/ and shim/ as of git revision REV",
     )
     args = parser.parse_args(argv)
-    patches = args.patches or sorted((BENCH / "proposals").glob("*.diff"))
+    patches = args.patches
+    if not patches and not args.ref:
+        parser.error("nothing to compare: give a PATCH or --ref NAME=REV")
     trees: dict[str, Path] = {}
     for spec in args.ref:
         name, _, revision = spec.partition("=")
@@ -150,7 +157,7 @@ def main(argv: list[str]) -> int:
     python = str(bench_python())
     repeats, iterations, batches = (1, 500, 3) if args.quick else (3, 1000, 5)
     with PostgresServer() as server:
-        server.create_role("app", "bench-proposals-password")
+        server.create_role("app", "bench-compare-password")
         server.create_database("app", owner="app")
         proxy = None
         port = server.port
@@ -158,7 +165,7 @@ def main(argv: list[str]) -> int:
             proxy = DelayProxyProcess(server.host, int(server.port or 0), args.rtt).start()
             port = proxy.port
         url = server.url(
-            "app", "app", port=port, sslmode="require", application_name="bench-proposals"
+            "app", "app", port=port, sslmode="require", application_name="bench-compare"
         )
         env = child_env(url, "g", "/items/")
         for command in (["migrate", "--no-input"], ["seed_items", "1000"]):
