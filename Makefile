@@ -1,6 +1,7 @@
 # make lint   the linters only (tests/setup_lint.sh installs them; no PostgreSQL):
 #              ruff check, ruff format --check, mypy (lib/djpool, shim), shellcheck
-#              (.shellcheckrc) and shfmt -d on every shell script; make -k lint
+#              (.shellcheckrc), shfmt -d and one function style (`function name() {`,
+#              as lib/ and heroku-buildpack-python) on every shell script; make -k lint
 #              runs every check even when one fails
 # make format  rewrites every Python file (ruff format) and shell script (shfmt -w)
 # make unit   the fast tier: tests/unit, no server (pytest with .venv/test)
@@ -24,6 +25,7 @@ SHFMT_FLAGS = -ln bash -bn -ci
 LINT_BIN = .venv/lint/bin
 
 .PHONY: setup lint-setup lint lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt \
+	lint-functions \
 	format unit test demo django-suite
 
 setup:
@@ -32,7 +34,7 @@ setup:
 lint-setup:
 	bash tests/setup_lint.sh
 
-lint: lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt
+lint: lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt lint-functions
 
 # ruff and mypy read their settings (and which files) from pyproject.toml.
 lint-ruff: lint-setup
@@ -49,6 +51,12 @@ lint-shellcheck: lint-setup
 
 lint-shfmt: lint-setup
 	shfmt -d $(SHFMT_FLAGS) $(SHELL_SCRIPTS)
+
+# Neither shellcheck nor shfmt has a rule for it: a definition without the keyword
+# is listed and fails the check.
+lint-functions:
+	@! grep -nE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_:]*\(\)[[:space:]]*\{' $(SHELL_SCRIPTS) \
+		|| { echo 'Define shell functions as: function name() {' >&2; false; }
 
 format: lint-setup
 	$(LINT_BIN)/ruff format .

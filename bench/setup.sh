@@ -18,13 +18,13 @@ source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 
-setup::on_error() {
+function bench::on_error() {
 	output::error <<<"bench/setup.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash bench/setup.sh"
 }
-trap 'setup::on_error "${LINENO}" "$?"' ERR
+trap 'bench::on_error "${LINENO}" "$?"' ERR
 
-system::ensure_packages() {
+function bench::ensure_packages() {
 	local missing=()
 	command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 	[[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
@@ -37,8 +37,8 @@ system::ensure_packages() {
 	# benchmark starts its own on a free port, so that one is left alone.
 }
 
-main() {
-	system::ensure_packages
+function main() {
+	bench::ensure_packages
 	uv::ensure "${REPO}/.venv"
 	output::step "Bench venv .venv/bench"
 	# site-packages ship .pyc, as pip leaves them on a dyno

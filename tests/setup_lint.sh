@@ -18,13 +18,13 @@ source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 
-lint::on_error() {
+function lint::on_error() {
 	output::error <<<"tests/setup_lint.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash tests/setup_lint.sh"
 }
 trap 'lint::on_error "${LINENO}" "$?"' ERR
 
-lint::ensure_packages() {
+function lint::ensure_packages() {
 	local missing=()
 	command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 	command -v shfmt >/dev/null 2>&1 || missing+=(shfmt)
@@ -35,7 +35,7 @@ lint::ensure_packages() {
 	fi
 }
 
-main() {
+function main() {
 	lint::ensure_packages
 	uv::ensure "${REPO}/.venv"
 	output::step "Linters for make lint"

@@ -6,7 +6,7 @@
 # Sets UV to a usable uv: the one on PATH, else the one in .venv/bootstrap,
 # else installs that one from PyPI with the machine's pip.
 # Usage: uv::ensure VENVS_DIR
-uv::ensure() {
+function uv::ensure() {
 	local venvs="$1"
 	if uv --version >/dev/null 2>&1; then # a working uv (not just a pyenv shim without one)
 		UV="$(command -v uv)"
@@ -26,7 +26,7 @@ uv::ensure() {
 # the extra `uv pip install` arguments and of the Python it was built with.
 # Anything else rebuilds it. Needs UV (uv::ensure).
 # Usage: venv::ensure DIR REQUIREMENTS [UV_PIP_INSTALL_ARG...]
-venv::ensure() {
+function venv::ensure() {
 	local dir="$1" requirements="$2"
 	shift 2
 	local name=".venv/${dir##*/.venv/}" stamp="${dir}/.djpool-requirements.sha256" python want
