@@ -4,7 +4,8 @@
 #              as lib/ and heroku-buildpack-python) on every shell script; make -k lint
 #              runs every check even when one fails
 # make format  rewrites every Python file (ruff format) and shell script (shfmt -w)
-# make unit   the fast tier: tests/unit, no server (pytest with .venv/test)
+# make unit   the fast tier: tests/unit, no server (pytest with .venv/test, which
+#              tests/setup_unit.sh makes without the rest of the test setup)
 # make test   installs what is missing (tests/setup_env.sh), then runs the suite
 # make demo   the sample app built with the buildpack, unpooled then pooled (tests/demo.py)
 # make django-suite   Django's own database tests with and without the shim, every
@@ -24,12 +25,15 @@ SHELL_SCRIPTS = $(wildcard bin/* lib/*.sh tests/*.sh tests/support/*.sh bench/*.
 SHFMT_FLAGS = -ln bash -bn -ci
 LINT_BIN = .venv/lint/bin
 
-.PHONY: setup lint-setup lint lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt \
+.PHONY: setup unit-setup lint-setup lint lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt \
 	lint-functions \
 	format unit test demo django-suite
 
 setup:
 	bash tests/setup_env.sh
+
+unit-setup:
+	bash tests/setup_unit.sh
 
 lint-setup:
 	bash tests/setup_lint.sh
@@ -62,7 +66,7 @@ format: lint-setup
 	$(LINT_BIN)/ruff format .
 	shfmt -w $(SHFMT_FLAGS) $(SHELL_SCRIPTS)
 
-unit: setup
+unit: unit-setup
 	.venv/test/bin/pytest -q tests/unit $(PYTEST_ARGS)
 
 test: setup
