@@ -19,7 +19,9 @@ PYTEST_ARGS ?=
 # e.g. make django-suite DJANGO_SUITE_ARGS="--stacks dj42-psycopg2 --labels transactions"
 DJANGO_SUITE_ARGS ?=
 BENCH_ARGS ?=
-SHELL_SCRIPTS = $(wildcard bin/* lib/*.sh tests/*.sh tests/support/*.sh bench/*.sh .ci/run)
+# Every shell script: the entry points (bin/, and a test buildpack's */bin/), *.sh,
+# .ci/run; tracked or new, never an ignored file (.venv/, build/).
+SHELL_SCRIPTS = $(shell git ls-files --cached --others --exclude-standard 'bin/*' '*/bin/*' '*.sh' .ci/run)
 # The shell style: tabs (shfmt's default), `&&` and `|` starting the continued
 # line (-bn), case patterns indented in their switch (-ci), as heroku-buildpack-python.
 SHFMT_FLAGS = -ln bash -bn -ci
