@@ -28,8 +28,6 @@ function lint::ensure_packages() {
 	local missing=()
 	command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 	command -v shfmt >/dev/null 2>&1 || missing+=(shfmt)
-	python3 -m pip --version >/dev/null 2>&1 || uv --version >/dev/null 2>&1 \
-		|| [[ -x "${REPO}/.venv/bootstrap/bin/uv" ]] || missing+=(python3-pip)
 	if ((${#missing[@]} > 0)); then
 		system::apt_install "${missing[@]}"
 	fi

@@ -12,6 +12,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 # shellcheck source=lib/output.sh
 source "${REPO}/lib/output.sh"
+# shellcheck source=tests/support/system.sh
+source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Virtualenvs made with uv from a requirement list, for the setup scripts
-# (tests/setup_lint.sh, bench/setup.sh; tests/setup_env.sh has its own copy
-# until it sources this file). Sourced after lib/output.sh.
+# (tests/setup_lint.sh, tests/setup_unit.sh, bench/setup.sh; tests/setup_env.sh
+# has its own copy until it sources this file). Sourced after lib/output.sh and
+# tests/support/system.sh.
 
 # Sets UV to a usable uv: the one on PATH, else the one in .venv/bootstrap,
-# else installs that one from PyPI with the machine's pip.
+# else installs that one from PyPI with the machine's pip (python3-pip from
+# Debian first, when the machine's python3 has none).
 # Usage: uv::ensure VENVS_DIR
 function uv::ensure() {
 	local venvs="$1"
@@ -13,6 +15,9 @@ function uv::ensure() {
 	elif [[ -x "${venvs}/bootstrap/bin/uv" ]]; then
 		UV="${venvs}/bootstrap/bin/uv"
 	else
+		if ! python3 -m pip --version >/dev/null 2>&1; then
+			system::apt_install python3-pip
+		fi
 		output::step "Installing uv into .venv/bootstrap"
 		# --target needs no venv module and is allowed on an externally managed Python.
 		python3 -m pip install --quiet --disable-pip-version-check --target "${venvs}/bootstrap" uv
