@@ -109,8 +109,11 @@ function python::pip() {
 
 # python::compile_bytecode PYTHON DIR BUILD_DIR APP_HOME: precompile DIR so
 # processes need not at every dyno boot; the .pyc files name the runtime
-# path (APP_HOME/...), never the build dir.
+# path (APP_HOME/...), never the build dir. Any bytecode already in DIR goes
+# first and every file is compiled again (-f): compileall would keep a .pyc
+# that is up to date with its source even if it names the build dir.
 function python::compile_bytecode() {
 	local python="${1}" dir="${2}" build_dir="${3}" app_home="${4}"
-	"${python}" -m compileall -q -j 0 -s "${build_dir}" -p "${app_home}" "${dir}" >/dev/null
+	find "${dir}" -name '__pycache__' -type d -prune -exec rm -rf {} +
+	"${python}" -m compileall -q -f -j 0 -s "${build_dir}" -p "${app_home}" "${dir}" >/dev/null
 }

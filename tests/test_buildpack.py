@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -226,15 +227,34 @@ def test_build_installs_djpool_and_private_sqlalchemy(base_app: HerokuApp) -> No
     assert build.stderr == ""
 
 
+def test_python_is_installed_as_heroku_python_installs_it(base_app: HerokuApp) -> None:
+    """A real Python (no virtualenv) in .heroku/python, with PYTHONHOME set at runtime."""
+    python_home = base_app.runtime_dir / ".heroku" / "python"
+    assert not (python_home / "pyvenv.cfg").exists()
+    assert list((python_home / "lib").glob("libpython3*.so*"))
+    code = "import os, sys; print(sys.prefix, sys.executable, os.environ['PYTHONHOME'])"
+    done = base_app.run(f"python -c {shlex.quote(code)}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(python_home), str(python_home / "bin" / "python"),
+                                   str(python_home)]
+
+
 def test_slug_names_no_build_dir(base_app: HerokuApp) -> None:
     build_dir = str(base_app.builds[-1].build_dir)
     assert build_dir != str(base_app.runtime_dir)
     found = subprocess.run(["grep", "-rlF", build_dir, str(base_app.runtime_dir)],
                            capture_output=True, text=True)
     assert found.returncode == 1, f"files naming {build_dir}:\n{found.stdout}"
-    # What the .pyc files record is the runtime path.
-    pyc = next((base_app.runtime_dir / ".djpool" / "lib" / "djpool").glob("__pycache__/*.pyc"))
-    assert str(base_app.runtime_dir / ".djpool" / "lib" / "djpool").encode() in pyc.read_bytes()
+    # Bytecode writing was on during the build (Heroku does not turn it off),
+    # and every module of .djpool has bytecode that records its runtime path.
+    djpool_root = base_app.runtime_dir / ".djpool"
+    for package in (djpool_root / "lib" / "djpool", djpool_root / "vendor" / "sqlalchemy"):
+        sources = sorted(package.glob("*.py"))
+        assert sources, package
+        for source in sources:
+            pycs = list((package / "__pycache__").glob(f"{source.stem}.*.pyc"))
+            assert len(pycs) == 1, source
+            assert str(source).encode() in pycs[0].read_bytes(), pycs[0]
 
 
 def test_invalid_pool_size_fails_the_build(heroku_dir: Path) -> None:
@@ -291,6 +311,75 @@ def test_heroku_ci_build_in_the_app_dir_itself(base_app: HerokuApp, heroku_dir: 
     done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     assert last_line(done.stdout) == "patched True"
+
+
+# What Heroku gives a buildpack (STACK, HOME, PATH), what heroku/python's export
+# file sets, and what bash itself sets. Nothing else may reach a build.
+BUILD_ENV = {"STACK", "HOME", "PATH", "PIP_DISABLE_PIP_VERSION_CHECK", "PYTHONUNBUFFERED",
+             "PYTHONHOME", "LIBRARY_PATH", "LD_LIBRARY_PATH", "LANG", "PYTHONPATH"}
+# A dyno: Heroku's dyno variables, the config vars, then .profile.d (heroku/python's
+# python.sh and python.gunicorn.sh, djpool's djpool.sh).
+DYNO_ENV = {"HOME", "PATH", "DYNO", "PORT", "PIP_DISABLE_PIP_VERSION_CHECK",
+            "PYTHONUNBUFFERED", "PYTHONHOME", "LIBRARY_PATH", "LD_LIBRARY_PATH", "LANG",
+            "PYTHONPATH", "FORWARDED_ALLOW_IPS", "GUNICORN_CMD_ARGS", "DJPOOL_PYTHON_PREFIX"}
+BASH_OWN = {"PWD", "OLDPWD", "SHLVL", "_"}
+RUNNER_ONLY = {
+    "PYTHONDONTWRITEBYTECODE": "1", "PIP_INDEX_URL": "http://leak.invalid/simple",
+    "PIP_FIND_LINKS": "/leak", "VIRTUAL_ENV": "/leak", "PYTHONPATH": "/leak",
+    "PYTHONHOME": "/leak", "PYTHONSTARTUP": "/leak", "http_proxy": "http://leak.invalid:9",
+    "HTTPS_PROXY": "http://leak.invalid:9", "DJPOOL_LEAK_CANARY": "leak",
+}
+
+
+def env_names(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_nothing_of_the_runners_environment_reaches_a_build_or_a_dyno(
+        base_app: HerokuApp, heroku_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner exports what these machines export (and proxies): builds and dynos see none."""
+    for name, value in RUNNER_ONLY.items():
+        monkeypatch.setenv(name, value)
+    app = HerokuApp(sources(), heroku_dir / "clean-env", {"POOL_SIZE": "3"},
+                    cache_dir=base_app.cache_dir,
+                    buildpacks_after=[REPO / "tests" / "buildpacks" / "envdump"])
+    build = app.build()
+    assert build.ok, build.log
+    build_env = env_names((app.runtime_dir / ".build-env").read_text())
+    assert set(build_env) - BASH_OWN == BUILD_ENV
+    runtime = str(app.runtime_dir)
+    assert build_env["HOME"] == runtime
+    assert build_env["PYTHONHOME"] == f"{runtime}/.heroku/python"
+    assert build_env["PYTHONPATH"] == runtime
+    assert not [value for value in build_env.values() if "leak" in value]
+
+    dyno_env = env_names(app.run("env", env={"DYNO_ONLY": "1"}).stdout)
+    assert set(dyno_env) - BASH_OWN == DYNO_ENV | {"POOL_SIZE", "DYNO_ONLY"}
+    assert not [value for value in dyno_env.values() if "leak" in value]
+
+
+def documented_build_log() -> str:
+    """The sample build output in docs/buildpack.md: the first block of "What the build does"."""
+    text = (REPO / "docs" / "buildpack.md").read_text()
+    after = text.split("\n## What the build does\n", 1)[1]
+    return after.split("```", 2)[1].strip("\n")
+
+
+def normalized_build_log(text: str, runtime_dir: Path) -> str:
+    """What differs between one machine's build and another's, made the same."""
+    text = text.replace(str(runtime_dir), "/app")
+    text = re.sub(r"Python \d+\.\d+\.\d+", "Python 3.X.Y", text)
+    return re.sub(r"-cp\d+-\S+\.whl", "-cpXY-PLATFORM.whl", text)
+
+
+def test_the_documented_build_output_is_what_a_build_prints(heroku_dir: Path) -> None:
+    """docs/buildpack.md shows a first build of an app without SQLAlchemy, POOL_SIZE=5."""
+    app = HerokuApp(sources(), heroku_dir / "documented", {"POOL_SIZE": "5"})
+    build = app.build()
+    assert build.ok, build.log
+    ours = build.stdout[build.stdout.index("-----> djpool: checking"):].strip("\n")
+    assert (normalized_build_log(ours, app.runtime_dir)
+            == normalized_build_log(documented_build_log(), Path("/app")))
 
 
 def test_python_without_pip_uses_the_pip_bundled_in_the_standard_library(
@@ -484,13 +573,17 @@ def test_pythonpath_keeps_the_apps_own_value(base_app: HerokuApp) -> None:
 
 @pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no /usr/bin/python3")
 def test_the_systems_python_is_left_alone(base_app: HerokuApp, database_url: str) -> None:
-    """/usr/bin/python3 in a dyno imports the shim (first on PYTHONPATH), which stays out."""
+    """/usr/bin/python3 in a dyno imports the shim (first on PYTHONPATH), which stays out.
+
+    heroku/python's PYTHONHOME gives it the app's prefix too: only where the
+    executable lives tells the two apart.
+    """
     code = "import sys; print(sys.prefix); print(*sys.path, sep='\\n')"
     done = base_app.run(shlex.join(["/usr/bin/python3", "-c", code]),
                         env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     prefix, *path = done.stdout.splitlines()
-    assert prefix == "/usr"
+    assert prefix == str(base_app.runtime_dir / ".heroku" / "python")
     djpool_root = base_app.runtime_dir / ".djpool"
     assert str(djpool_root / "shim") in path
     assert str(djpool_root / "lib") not in path

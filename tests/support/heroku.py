@@ -5,22 +5,23 @@ What it reproduces, because the buildpack depends on it:
 - The build runs in a directory named like Heroku's (``build_<hash>``), which
   is not where the app runs. The app runs from the *runtime dir*, which stands
   in for ``/app``.
-- heroku/python runs first (``PythonBuildpack``, a stand-in): it installs
-  Python into ``BUILD_DIR/.heroku/python`` and reaches it through the symlink
-  ``<runtime>/.heroku/python`` during the build, because a Python install is
-  not relocatable. Here the "install" is a virtualenv made *through* that
-  symlink, so every path it records is a runtime path; the app's requirements
-  go into it with uv (its cache keeps repeated builds fast). Like heroku/python
-  it writes an ``export`` file for the next buildpack and
-  ``.profile.d/python.sh`` (PATH, and ``PYTHONPATH=${PYTHONPATH:-$HOME}``).
-  Unlike it, it sets no PYTHONHOME: a virtualenv must not have one.
+- heroku/python runs first (``PythonBuildpack``, a stand-in): it copies a real
+  Python installation (interpreter, libpython, standard library; this
+  machine's python3 by default) into ``BUILD_DIR/.heroku/python`` and reaches
+  it through the symlink ``<runtime>/.heroku/python`` during the build,
+  because a Python install is not relocatable; the app's requirements go into
+  it with uv. Like heroku/python it writes an ``export`` file for the next
+  buildpack and ``.profile.d/python.sh`` for dynos, with the same lines: PATH,
+  PYTHONHOME, LD_LIBRARY_PATH, LANG and ``PYTHONPATH=${PYTHONPATH:-$HOME}``.
 - This repository's ``bin/detect``, ``bin/compile`` and ``bin/release`` run as
-  the platform runs them: the export file sourced, HOME the runtime dir, an
-  ENV_DIR with one file per config var, and a CACHE_DIR kept between builds.
+  the platform runs them, from an empty environment: STACK, HOME (the runtime
+  dir) and PATH, the export file sourced, an ENV_DIR with one file per config
+  var, and a CACHE_DIR kept between builds. Nothing of the runner's
+  environment reaches a build or a dyno.
 - After a successful build the build dir becomes the slug at the runtime dir
   (a failed build leaves the previous release in place).
-- A dyno (``start``/``run``/``release``) starts with a clean environment:
-  HOME and cwd the runtime dir, DYNO, PORT, the config vars, and bash sourcing
+- A dyno (``start``/``run``/``release``) starts with an empty environment:
+  PATH, HOME and cwd the runtime dir, DYNO, PORT, the config vars, and bash sourcing
   ``.profile.d/*.sh`` before it execs the Procfile command. Web dynos listen
   on 127.0.0.1 only (GUNICORN_CMD_ARGS, unless the config vars set it).
 
@@ -35,6 +36,7 @@ Standard library only. From the command line (``python tests/support/heroku.py
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -44,6 +46,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,14 +58,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 BUILDPACK_DIR = REPO
 STACK = "heroku-24"
+# Where real Python installations for the heroku/python stand-in are kept
+# (one per source Python, made once per machine).
+PYTHON_INSTALLS = REPO / ".venv" / "heroku-python"
 
-# Variables of the calling process that must not reach a build.
-_NOT_FOR_BUILDS = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DATABASE_URL",
-                   "DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS")
-_NOT_FOR_BUILDS_PREFIXES = ("POOL_", "DJPOOL_")
+# What Heroku's build gives a buildpack besides its three arguments: the stack,
+# HOME (/app) and the base image's PATH. Nothing of the runner's environment.
+# https://devcenter.heroku.com/articles/buildpack-api#bin-compile
+BUILD_BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# What a dyno has before the config vars: Heroku's base PATH and locale.
-_DYNO_BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+# What a dyno has before the config vars and .profile.d: Heroku's base PATH
+# (plus HOME, DYNO and PORT, set per dyno).
+DYNO_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -101,71 +108,161 @@ def find_uv() -> str:
     return found
 
 
-def machine_python() -> str:
-    """The Python the app's virtualenv is made from: this machine's python3, as for the stacks."""
-    return subprocess.run(
-        ["python3", "-c", "import sys; print(sys.executable)"],
+def machine_python_home() -> Path:
+    """The installation of this machine's python3 (its base prefix, never a virtualenv)."""
+    out = subprocess.run(
+        ["python3", "-c", "import sys; print(sys.base_prefix)"],
         capture_output=True, text=True, check=True, timeout=60,
+        env={"PATH": os.environ.get("PATH", DYNO_BASE_PATH)},
     ).stdout.strip()
+    return Path(out)
+
+
+def uv_env(home: Path) -> dict[str, str]:
+    """The environment the stand-in runs uv in: clean, but able to reach the package index.
+
+    Only what this machine needs to reach the index is passed on: its TLS
+    interception CA bundle (uv trusts only its own roots unless told), and
+    uv's download cache, so that builds download each wheel once per machine.
+    Heroku's heroku/python reaches PyPI with neither.
+    """
+    env = {"PATH": BUILD_BASE_PATH, "HOME": str(home), "UV_PYTHON_DOWNLOADS": "never",
+           "UV_NO_PROGRESS": "1", "UV_LINK_MODE": "copy",
+           "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR")
+           or os.path.join(os.path.expanduser("~"), ".cache", "uv")}
+    if os.environ.get("SSL_CERT_FILE"):
+        env["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
+    return env
+
+
+def python_install(source_home: Path | None = None) -> Path:
+    """A real Python installation like the one heroku/python downloads, made once per machine.
+
+    The interpreter, libpython and the standard library of ``source_home``
+    (default: this machine's python3), without its site-packages: what the
+    heroku/python stand-in copies into ``BUILD_DIR/.heroku/python``.
+    """
+    source = Path(source_home or machine_python_home())
+    version = subprocess.run(
+        [str(source / "bin" / "python3"), "-c",
+         "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.version)"],
+        capture_output=True, text=True, check=True, timeout=60, env={"PATH": BUILD_BASE_PATH},
+    ).stdout
+    short, full = version.split("\n", 1)
+    key = hashlib.sha256(f"{source}\n{full}".encode()).hexdigest()[:12]
+    target = PYTHON_INSTALLS / f"python-{short}-{key}"
+    if (target / "bin" / "python").exists():
+        return target
+    PYTHON_INSTALLS.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=PYTHON_INSTALLS))
+    stdlib = f"python{short}"
+    (partial / "bin").mkdir()
+    shutil.copy2(source / "bin" / stdlib, partial / "bin" / stdlib)
+    for alias in ("python3", "python"):
+        (partial / "bin" / alias).symlink_to(stdlib)
+    (partial / "lib").mkdir()
+    for library in (source / "lib").glob("libpython3*"):
+        shutil.copy2(library, partial / "lib" / library.name, follow_symlinks=False)
+    skipped = shutil.ignore_patterns("site-packages", "test", "idlelib", "tkinter",
+                                     "turtledemo", "__pycache__")
+    shutil.copytree(source / "lib" / stdlib, partial / "lib" / stdlib, ignore=skipped,
+                    symlinks=True)
+    (partial / "lib" / stdlib / "site-packages").mkdir()
+    try:
+        partial.rename(target)
+    except OSError:  # another process made it first
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def copy_tree_linked(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` with hard links (fast; nothing writes into these files)."""
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    shutil.copytree(source, target, symlinks=True, copy_function=link)
 
 
 class PythonBuildpack:
-    """Stand-in for heroku/python: Python and the app's requirements, the export file."""
+    """Stand-in for heroku/python: a real Python in .heroku/python, the app's requirements,
+    the ``export`` file for later buildpacks and ``.profile.d/python.sh`` for dynos.
 
-    def __init__(self, python: str | None = None, uv: str | None = None, *,
+    As heroku/python does, Python is reached during the build through the
+    symlink ``<runtime>/.heroku/python`` (``/app/.heroku/python`` on Heroku),
+    because a Python installation is not relocatable; the export file and the
+    profile script set PATH, PYTHONHOME and LD_LIBRARY_PATH to that location,
+    with the same lines heroku/python writes (its ``bin/compile``, ``set_env``).
+    """
+
+    def __init__(self, python_home: Path | None = None, uv: str | None = None, *,
                  with_pip: bool = True) -> None:
-        """with_pip=False: a Python without pip, as heroku/python leaves uv and Poetry apps."""
-        self.python = python or machine_python()
+        """python_home: the installation to copy (default: this machine's python3).
+        with_pip=False: no pip, as heroku/python leaves uv and Poetry apps."""
+        self.python_home = python_home
         self.uv = uv or find_uv()
         self.with_pip = with_pip
 
-    def compile(self, build_dir: Path, runtime_dir: Path, export_path: Path,
-                env: Mapping[str, str]) -> tuple[bool, str]:
+    def compile(self, build_dir: Path, runtime_dir: Path, export_path: Path) -> tuple[bool, str]:
         """Install Python and the requirements; (ok, log)."""
         log = ["-----> Python app detected (stand-in for heroku/python)"]
         if not (build_dir / "requirements.txt").is_file():
             log.append(" !     The stand-in for heroku/python only knows requirements.txt")
             return False, "\n".join(log) + "\n"
         python_home = runtime_dir / ".heroku" / "python"
-        (build_dir / ".heroku" / "python").mkdir(parents=True)
+        install = python_install(self.python_home)
+        log.append(f"-----> Installing Python from {install.name}")
+        (build_dir / ".heroku").mkdir(parents=True, exist_ok=True)
+        copy_tree_linked(install, build_dir / ".heroku" / "python")
         if build_dir != runtime_dir:  # Heroku CI builds in /app itself: no symlink then
             python_home.parent.mkdir(parents=True, exist_ok=True)
             python_home.symlink_to(build_dir / ".heroku" / "python")
-        uv_env = {**env, "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-        steps = [
-            ("Installing Python (a virtualenv at the runtime path)",
-             [self.uv, "venv", "--quiet", *(["--seed"] if self.with_pip else []),
-              "--python", self.python, str(python_home)]),
-            ("Installing requirements with uv",
-             [self.uv, "pip", "install", "--quiet", "--python", str(python_home / "bin" / "python"),
-              "-r", str(build_dir / "requirements.txt")]),
-        ]
-        for title, command in steps:
+        python = str(python_home / "bin" / "python")
+        steps = [("Installing requirements with uv",
+                  ["-r", str(build_dir / "requirements.txt")])]
+        if self.with_pip:
+            steps.insert(0, ("Installing pip", ["pip"]))
+        for title, packages in steps:
             log.append(f"-----> {title}")
-            done = subprocess.run(command, env=uv_env, cwd=build_dir, capture_output=True,
-                                  text=True, timeout=600)
+            done = subprocess.run(
+                [self.uv, "pip", "install", "--quiet", "--python", python, *packages],
+                env=uv_env(runtime_dir), cwd=build_dir, capture_output=True, text=True,
+                timeout=600,
+            )
             log.extend("       " + line for line in (done.stdout + done.stderr).splitlines())
             if done.returncode != 0:
                 return False, "\n".join(log) + "\n"
-        export_path.write_text(
-            'export PATH="${HOME}/.heroku/python/bin:${PATH}"\n'
-            "export PYTHONUNBUFFERED=1\n"
-            'export LANG="${LANG:-en_US.UTF-8}"\n'
-            'export PYTHONPATH="${PYTHONPATH:-${HOME}}"\n'
-        )
+        lines = heroku_python_env_lines(with_pip=self.with_pip)
+        export_path.write_text("".join(lines))
         profile_d = build_dir / ".profile.d"
         profile_d.mkdir(exist_ok=True)
-        (profile_d / "python.sh").write_text(
-            'export PATH="${HOME}/.heroku/python/bin:${PATH}"\n'
-            "export PYTHONUNBUFFERED=true\n"
-            'export LANG="${LANG:-en_US.UTF-8}"\n'
-            'export PYTHONPATH="${PYTHONPATH:-${HOME}}"\n'
-        )
+        (profile_d / "python.sh").write_text("".join(lines))
         (profile_d / "python.gunicorn.sh").write_text(
             "export FORWARDED_ALLOW_IPS='*'\n"
             'export GUNICORN_CMD_ARGS=${GUNICORN_CMD_ARGS:-"--access-logfile -"}\n'
         )
         return True, "\n".join(log) + "\n"
+
+
+def heroku_python_env_lines(*, with_pip: bool) -> list[str]:
+    """The lines heroku/python writes both to its export file and to .profile.d/python.sh.
+
+    (Its profile script also links /app/.heroku/python when HOME is not /app;
+    here HOME is always the runtime dir, so that part is left out.)
+    """
+    home = "${HOME}/.heroku/python"
+    lines = [
+        *(['export PIP_DISABLE_PIP_VERSION_CHECK="1"\n'] if with_pip else []),
+        f"export PATH={home}/bin:${{PATH}}\n",
+        "export PYTHONUNBUFFERED=true\n",
+        f"export PYTHONHOME={home}\n",
+        f"export LIBRARY_PATH={home}/lib${{LIBRARY_PATH:+:${{LIBRARY_PATH}}}}\n",
+        f"export LD_LIBRARY_PATH={home}/lib${{LD_LIBRARY_PATH:+:${{LD_LIBRARY_PATH}}}}\n",
+        "export LANG=${LANG:-en_US.UTF-8}\n",
+        "export PYTHONPATH=${PYTHONPATH:-${HOME}}\n",
+    ]
+    return lines
 
 
 class HerokuApp:
@@ -181,6 +278,8 @@ class HerokuApp:
         cache_dir: another CACHE_DIR (e.g. shared with another app), by default ``workdir/cache``.
         python_buildpack: the heroku/python stand-in; None builds without it
             (as when heroku/python is missing from the app's buildpacks).
+        buildpacks_after: buildpack directories run after this one (their
+            ``bin/compile`` only), as when an app lists more buildpacks.
     """
 
     def __init__(
@@ -191,6 +290,7 @@ class HerokuApp:
         *,
         cache_dir: Path | None = None,
         python_buildpack: PythonBuildpack | None | bool = True,
+        buildpacks_after: Sequence[Path] = (),
     ) -> None:
         if isinstance(source, (str, Path)):
             source = [source]
@@ -204,13 +304,14 @@ class HerokuApp:
         if python_buildpack is True:
             python_buildpack = PythonBuildpack()
         self.python_buildpack = python_buildpack or None
+        self.buildpacks_after = [Path(path) for path in buildpacks_after]
         self.builds: list[BuildResult] = []
 
     # -- build -----------------------------------------------------------------
 
     def build(self, *, compile_env: Mapping[str, str] | None = None, compile_runs: int = 1,
               in_place: bool = False, timeout: float = 600) -> BuildResult:
-        """Build the source with heroku/python (stand-in) then this buildpack.
+        """Build the source with heroku/python (stand-in), this buildpack, then ``buildpacks_after``.
 
         compile_env: variables for bin/compile's environment only (for example
             a PIP_INDEX_URL that leads nowhere, to show nothing is downloaded).
@@ -231,28 +332,26 @@ class HerokuApp:
         self._copy_source(build_dir)
         self._write_env_dir(env_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        env = self.build_env()
         stdout: list[str] = []
         stderr: list[str] = []
         release_yaml = None
         try:
             if self.python_buildpack is not None:
                 python_ok, log = self.python_buildpack.compile(build_dir, self.runtime_dir,
-                                                               export_path, env)
+                                                               export_path)
                 stdout.append(log)
                 if not python_ok:
                     return self._finish(False, stdout, stderr, build_dir, None, previous)
-            compile_step = ("compile", [str(build_dir), str(self.cache_dir), str(env_dir)],
-                            dict(compile_env or {}))
-            steps = [("detect", [str(build_dir)], {}), *[compile_step] * compile_runs,
-                     ("release", [str(build_dir)], {})]
-            for name, args, extra_env in steps:
-                done = subprocess.run(
-                    ["bash", "-c", 'source "$1"; shift; exec "$@"', "bash", str(export_path),
-                     str(BUILDPACK_DIR / "bin" / name), *args],
-                    env={**env, **extra_env}, cwd=build_dir, capture_output=True, text=True,
-                    timeout=timeout,
-                )
+            compile_args = [str(build_dir), str(self.cache_dir), str(env_dir)]
+            steps = [(BUILDPACK_DIR, "detect", [str(build_dir)], {}),
+                     *[(BUILDPACK_DIR, "compile", compile_args, dict(compile_env or {}))]
+                     * compile_runs,
+                     (BUILDPACK_DIR, "release", [str(build_dir)], {})]
+            for extra in self.buildpacks_after:
+                steps.append((extra, "compile", compile_args, {}))
+            for buildpack, name, args, extra_env in steps:
+                done = self._run_buildpack_step(buildpack, name, args, extra_env, export_path,
+                                                build_dir, timeout)
                 if name == "release":
                     release_yaml = done.stdout
                 elif name == "detect" and done.returncode == 0:
@@ -267,20 +366,30 @@ class HerokuApp:
         finally:
             shutil.rmtree(env_dir, ignore_errors=True)
 
+    def _run_buildpack_step(self, buildpack: Path, name: str, args: list[str],
+                            extra_env: Mapping[str, str], export_path: Path, build_dir: Path,
+                            timeout: float) -> subprocess.CompletedProcess[str]:
+        """One entry point of a buildpack, after sourcing the previous buildpack's export file.
+
+        (Heroku sources every earlier buildpack's export; heroku/python's is
+        the only one before djpool here, and djpool writes none.)
+        """
+        return subprocess.run(
+            ["bash", "-c", 'source "$1"; shift; exec "$@"', "bash", str(export_path),
+             str(buildpack / "bin" / name), *args],
+            env={**self.build_env(), **extra_env}, cwd=build_dir, capture_output=True,
+            text=True, timeout=timeout,
+        )
+
     def build_env(self) -> dict[str, str]:
-        """bin/compile's environment: this machine's (network settings), HOME the runtime dir."""
-        env = {
-            key: value for key, value in os.environ.items()
-            if key not in _NOT_FOR_BUILDS and not key.startswith(_NOT_FOR_BUILDS_PREFIXES)
-        }
-        # HOME moves to the runtime dir (/app during a Heroku build); tools that
-        # find their own files under the old HOME are pointed back at them.
-        home = os.path.expanduser("~")
-        if os.path.isdir(os.path.join(home, ".pyenv")):
-            env.setdefault("PYENV_ROOT", os.path.join(home, ".pyenv"))
-        env.setdefault("UV_CACHE_DIR", os.path.join(home, ".cache", "uv"))
-        env.update({"HOME": str(self.runtime_dir), "STACK": STACK})
-        return env
+        """A buildpack's environment on Heroku: STACK, HOME (/app) and PATH. Nothing else.
+
+        Nothing of the runner's environment is passed on: not its
+        PYTHONDONTWRITEBYTECODE, PIP_*, VIRTUAL_ENV, PYTHON* or proxies. The
+        buildpack's pip finds what this machine needs to reach the index
+        (the CA bundle) in /etc/pip.conf, as a build image's tools would.
+        """
+        return {"STACK": STACK, "HOME": str(self.runtime_dir), "PATH": BUILD_BASE_PATH}
 
     def _copy_source(self, build_dir: Path) -> None:
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -326,7 +435,8 @@ class HerokuApp:
 
     def dyno_env(self, dyno: str, port: int | None = None,
                  env: Mapping[str, str] | None = None) -> dict[str, str]:
-        result = {**_DYNO_BASE_ENV, **self.config, **(env or {})}
+        """A dyno's environment before .profile.d: Heroku's dyno variables and the config vars."""
+        result = {"PATH": DYNO_BASE_PATH, **self.config, **(env or {})}
         result.update({"HOME": str(self.runtime_dir), "DYNO": dyno})
         if port is not None:
             result["PORT"] = str(port)
