@@ -3,7 +3,8 @@
 #              (.shellcheckrc), shfmt -d and one function style (`function name() {`,
 #              as lib/ and heroku-buildpack-python) on every shell script; make -k lint
 #              runs every check even when one fails
-# make format  rewrites every Python file (ruff format) and shell script (shfmt -w)
+# make format  rewrites every Python file (import order, ruff format) and shell
+#              script (shfmt -w)
 # make unit   the fast tier: tests/unit, no server (pytest with .venv/test, which
 #              tests/setup_unit.sh makes without the rest of the test setup)
 # make test   installs what is missing (tests/setup_env.sh), then runs the suite
@@ -64,7 +65,9 @@ lint-functions:
 	@! grep -nE '^[[:space:]]*[A-Za-z_][A-Za-z0-9_:]*\(\)[[:space:]]*\{' $(SHELL_SCRIPTS) \
 		|| { echo 'Define shell functions as: function name() {' >&2; false; }
 
+# ruff format leaves import order to the linter's I rules: sort them first.
 format: lint-setup
+	$(LINT_BIN)/ruff check --select I --fix .
 	$(LINT_BIN)/ruff format .
 	shfmt -w $(SHFMT_FLAGS) $(SHELL_SCRIPTS)
 
