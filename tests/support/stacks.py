@@ -5,6 +5,14 @@ Python, settings only from the environment, and (unless ``shim=False``) the
 shim directory on PYTHONPATH, as the buildpack's .profile.d script puts it.
 The test runner's environment is cleaned first so that nothing of it (its own
 PYTHONPATH, a DATABASE_URL, POOL_* variables, PG* variables) leaks in.
+
+The chroot stacks (CHROOT_STACKS) run a Python this machine lacks, inside a
+Debian root filesystem that tests/setup_chroots.sh builds under .venv/chroots/.
+Their venvs' host-bin/ wrappers (tests/support/chroot.sh) run each script
+inside with the same paths, processes and network as outside, so
+python_path(), bin_path() and run() hand them out like any other stack's.
+Which of them the runtime suite runs on is RUNTIME_STACKS, from
+DJPOOL_TEST_STACKS (see extra_stacks()).
 """
 
 from __future__ import annotations
@@ -29,6 +37,66 @@ EXTRA_VENVS: tuple[str, ...] = (
     "djsuite-dj42-psycopg2", "workers-dj52-psycopg3", "workers-dj52-psycopg2",
 )
 
+# Stacks whose Python runs inside a chroot (tests/setup_chroots.sh), by chroot:
+# a new Heroku app's Python 3.14 with Django 6.1 and 6.0, and Python 3.13.
+CHROOT_STACKS: dict[str, str] = {
+    "py314-dj61-psycopg3": "forky",
+    "py314-dj60-psycopg2": "forky",
+    "py313-dj52-psycopg3": "trixie",
+}
+# Django's own test suite on Python 3.14 + Django 6.1, both drivers.
+CHROOT_VENVS: dict[str, str] = {
+    "djsuite-py314-dj61-psycopg3": "forky",
+    "djsuite-py314-dj61-psycopg2": "forky",
+}
+CHROOTS_DIR = REPO / ".venv" / "chroots"
+CHROOT_SH = REPO / "tests" / "support" / "chroot.sh"
+# The chroot stacks the runtime suite runs on when DJPOOL_TEST_STACKS is unset.
+DEFAULT_EXTRA_STACKS: tuple[str, ...] = ("py314-dj61-psycopg3",)
+SETUP_CHROOTS_HINT = "run `bash tests/setup_chroots.sh` (needs root; a few minutes once)"
+
+
+def extra_stacks(value: str | None = None) -> tuple[str, ...]:
+    """The chroot stacks chosen by DJPOOL_TEST_STACKS (read if value is None).
+
+    Unset: DEFAULT_EXTRA_STACKS; ``all``: every chroot stack; ``none`` or
+    empty: none; else a comma-separated list of chroot stack names.
+    """
+    if value is None:
+        value = os.environ.get("DJPOOL_TEST_STACKS")
+        if value is None:
+            return DEFAULT_EXTRA_STACKS
+    value = value.strip()
+    if value == "all":
+        return tuple(CHROOT_STACKS)
+    if value in ("", "none"):
+        return ()
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in CHROOT_STACKS]
+    if unknown:
+        raise ValueError(f"DJPOOL_TEST_STACKS: unknown stack {', '.join(unknown)}; "
+                         f"allowed: all, none, or a comma-separated list of "
+                         f"{', '.join(CHROOT_STACKS)}")
+    return names
+
+
+# The stacks the runtime suite (tests/test_runtime.py) is parametrised over.
+RUNTIME_STACKS: tuple[str, ...] = STACKS + extra_stacks()
+
+
+def chroot_of(stack: str) -> str | None:
+    """The chroot a stack's Python runs in (None: this machine's own Python)."""
+    return CHROOT_STACKS.get(stack) or CHROOT_VENVS.get(stack)
+
+
+def python_version(stack: str) -> tuple[int, int]:
+    """The stack's Python version, from its name (py314 -> (3, 14); others run 3.11)."""
+    if stack.startswith(("py", "djsuite-py", "workers-py")):
+        digits = stack.split("py", 1)[1].split("-", 1)[0]
+        return int(digits[0]), int(digits[1:])
+    return 3, 11
+
+
 # Variables of the test runner that must not reach a stack's process.
 _DROPPED_PREFIXES = ("POOL_", "DJPOOL_", "APP_", "PG")
 _DROPPED = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "DATABASE_URL",
@@ -48,24 +116,41 @@ class Result(NamedTuple):
 
 
 def venv_dir(stack: str) -> Path:
-    if stack not in STACKS + EXTRA_VENVS:
-        raise ValueError(f"unknown stack {stack!r}; the stacks are {', '.join(STACKS)} "
-                         f"(and the venvs {', '.join(EXTRA_VENVS)})")
+    known = STACKS + EXTRA_VENVS + tuple(CHROOT_STACKS) + tuple(CHROOT_VENVS)
+    if stack not in known:
+        raise ValueError(f"unknown stack {stack!r}; the stacks are "
+                         f"{', '.join(STACKS + tuple(CHROOT_STACKS))} "
+                         f"(and the venvs {', '.join(EXTRA_VENVS + tuple(CHROOT_VENVS))})")
     return STACKS_DIR / stack
 
 
+def _bin_dir(stack: str) -> Path:
+    """Where the stack's runnable scripts are: host-bin/ (wrappers) for a chroot stack."""
+    return venv_dir(stack) / ("host-bin" if chroot_of(stack) else "bin")
+
+
 def python_path(stack: str) -> Path:
-    """The stack's interpreter; fails with what to run if the venv is missing."""
-    python = venv_dir(stack) / "bin" / "python"
+    """The stack's interpreter; fails with what to run if the venv is missing.
+
+    For a chroot stack, a wrapper that runs the venv's Python inside the chroot
+    with the caller's pid and working directory.
+    """
+    python = _bin_dir(stack) / "python"
     if not python.exists():
-        raise FileNotFoundError(f"{python} is missing: run `bash tests/setup_env.sh`")
+        hint = SETUP_CHROOTS_HINT if chroot_of(stack) else "run `bash tests/setup_env.sh`"
+        raise FileNotFoundError(f"{python} is missing: {hint}")
     return python
 
 
 def bin_path(stack: str, name: str) -> Path:
     """A console script of the stack, e.g. ``bin_path(stack, "gunicorn")``."""
     python_path(stack)
-    return venv_dir(stack) / "bin" / name
+    return _bin_dir(stack) / name
+
+
+def inside_python_path(stack: str) -> Path:
+    """The interpreter's path as processes of the stack see it (sys.executable)."""
+    return venv_dir(stack) / "bin" / "python"
 
 
 def stack_env(
