@@ -12,6 +12,15 @@ and without it neither time, is djpool's; one seen once is flaky.
     .venv/test/bin/python tests/django_suite.py            # all labels, all four stacks
     .venv/test/bin/python tests/django_suite.py --stacks dj52-psycopg3 --labels basic
     make django-suite                                      # the same as the first line
+    # Python 3.14 + Django 6.1 (chroot venvs, bash tests/setup_chroots.sh), small pool:
+    .venv/test/bin/python tests/django_suite.py --stacks py314-dj61-psycopg3 \
+        py314-dj61-psycopg2 --parallel 2 --pool-size 2
+
+With ``--pool-size N`` the runs have POOL_SIZE=N, as a small dyno sets it. A
+test that holds more connections of one alias at once than the pool has then
+fails with djpool's "pool ... is exhausted" error; POOL_EXHAUSTION lists those
+tests, and a failure of one of them that shows that error is reported as
+exhaustion, apart from real failures.
 
 Prints a table per stack and label (tests run, failures with the shim,
 without, only with the shim) and lists the failing test ids. Every run's
@@ -59,6 +68,9 @@ LABELS: tuple[str, ...] = (
     "basic", "timezones", "test_runner", "postgres_tests",
 )
 SUITE_ROLE = "djsuite"
+# The stacks the suite runs on: the four of this machine's Python, and Python 3.14 +
+# Django 6.1 with each driver (venvs djsuite-py314-dj61-*, in the forky chroot).
+SUITE_STACKS: tuple[str, ...] = (*stacks.STACKS, "py314-dj61-psycopg3", "py314-dj61-psycopg2")
 DEFAULT_DATABASE = "djsuite"
 OTHER_DATABASE = "djsuite_other"
 RUN_TIMEOUT = 1800.0  # seconds for one label in one mode; a hang fails instead of blocking
@@ -88,9 +100,22 @@ KNOWN: dict[str, Known] = {
 }
 
 
+# Tests that hold more than two connections of one alias at once (Django's
+# per-thread connections, or a second connection opened to block the first), so
+# that with POOL_SIZE=2 (and POOL_MAX_OVERFLOW=0) one of them waits POOL_TIMEOUT
+# and gets djpool's "is exhausted" error: test id -> connections held at once.
+# That is the pool doing its job; the test needs a bigger pool.
+POOL_EXHAUSTION: dict[str, int] = {
+    "backends.tests.ThreadTests.test_default_connection_thread_local": 3,
+    "select_for_update.tests.SelectForUpdateTests.test_block": 3,
+    "select_for_update.tests.SelectForUpdateTests.test_skip_locked_skips_locked_rows": 3,
+}
+_EXHAUSTED = "is exhausted: all "
+
+
 def django_series(stack: str) -> str:
-    """"dj52-psycopg3" -> "5.2"."""
-    match = re.match(r"dj(\d)(\d+)-", stack)
+    """"dj52-psycopg3" -> "5.2", "py314-dj61-psycopg3" -> "6.1"."""
+    match = re.search(r"(?:^|-)dj(\d)(\d+)-", stack)
     if not match:
         raise ValueError(f"not a stack name: {stack!r}")
     return f"{match[1]}.{match[2]}"
@@ -151,6 +176,7 @@ class LabelResult:
     shim_only: list[str] = field(default_factory=list)  # djpool's: not KNOWN, seen twice
     known: list[str] = field(default_factory=list)  # only with the shim, and in KNOWN
     flaky: list[str] = field(default_factory=list)  # only with the shim once, not twice
+    exhausted: list[str] = field(default_factory=list)  # POOL_EXHAUSTION, pool too small
     second_runs: list[Run] = field(default_factory=list)  # the confirming run, both ways
 
     @property
@@ -181,8 +207,9 @@ def django_tests_dir(version: str, cache: Path = SOURCE_CACHE) -> Path:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as scratch:
         # pip, not the venv's: the test venvs are made by uv and have none.
         pip = [shutil.which("python3") or sys.executable, "-m", "pip"]
+        # --ignore-requires-python: Django 6 wants Python >= 3.12; only its files are used.
         command = [*pip, "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                   "--dest", scratch, f"django=={version}"]
+                   "--ignore-requires-python", "--dest", scratch, f"django=={version}"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600,
                                 env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         sdists = list(Path(scratch).glob("[Dd]jango-*.tar.gz"))
@@ -278,15 +305,18 @@ def rerun_target(problem: str) -> str:
 def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
                  server: PostgresServer, tests_dir: Path, parallel: int,
                  log_dir: Path, timeout: float = RUN_TIMEOUT, attempt: int = 1,
-                 shim_dir: Path = stacks.SHIM_DIR) -> Run:
+                 shim_dir: Path = stacks.SHIM_DIR, pool_size: int | None = None) -> Run:
     """runtests.py with ``targets`` (labels or test ids) once, its log kept in ``log_dir``.
 
     shim_dir: the shim directory put first on PYTHONPATH when ``shim`` (default: this
         checkout's), e.g. another checkout's to try a fix in djpool against the suite.
+    pool_size: POOL_SIZE for the run (default: djpool's default).
     """
     mode = ("shim" if shim else "noshim") + (f".{attempt}" if attempt > 1 else "")
     application_name = f"djsuite.{stack}.{label}.{mode}"[:63]
     env = {**database_urls(server, application_name), "DJANGO_COLORS": "nocolor"}
+    if pool_size is not None:
+        env["POOL_SIZE"] = str(pool_size)
     log_path = log_dir / stack / f"{label}.{mode}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [str(stacks.python_path(suite_venv(stack))), "-X", "faulthandler", "runtests.py",
@@ -324,12 +354,21 @@ def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
                timed_out=timed_out, log=str(log_path))
 
 
+def exhausted_by_small_pool(run: Run, problem: str, pool_size: int | None) -> bool:
+    """Whether ``problem`` is a POOL_EXHAUSTION test that got djpool's exhaustion error."""
+    needed = POOL_EXHAUSTION.get(rerun_target(problem))
+    if needed is None or pool_size is None or pool_size >= needed:
+        return False
+    return _EXHAUSTED in excerpt(run, problem, limit=400)
+
+
 def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path,
               parallel: int = 1, log_dir: Path = LOG_DIR, timeout: float = RUN_TIMEOUT,
-              shim_dir: Path = stacks.SHIM_DIR, echo=print) -> LabelResult:
+              shim_dir: Path = stacks.SHIM_DIR, pool_size: int | None = None,
+              echo=print) -> LabelResult:
     """One label both ways; run again both ways if something unexplained failed with the shim."""
     options = dict(server=server, tests_dir=tests_dir, parallel=parallel, log_dir=log_dir,
-                   timeout=timeout, shim_dir=shim_dir)
+                   timeout=timeout, shim_dir=shim_dir, pool_size=pool_size)
     with_shim = run_runtests(stack, label, [label], shim=True, **options)
     echo(f"       {stack} {label} with shim: {_brief(with_shim)}")
     without_shim = run_runtests(stack, label, [label], shim=False, **options)
@@ -337,7 +376,9 @@ def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path
     result = LabelResult(stack, label, with_shim, without_shim)
     suspects = sorted(with_shim.failed_ids() - without_shim.failed_ids())
     result.known = [p for p in suspects if known(stack, p)]
-    unexplained = [p for p in suspects if not known(stack, p)]
+    result.exhausted = [p for p in suspects if not known(stack, p)
+                        and exhausted_by_small_pool(with_shim, p, pool_size)]
+    unexplained = [p for p in suspects if not known(stack, p) and p not in result.exhausted]
     if not unexplained:
         return result
     again = run_runtests(stack, label, [label], shim=True, attempt=2, **options)
@@ -363,9 +404,12 @@ def _brief(run: Run) -> str:
 
 def run_suite(server: PostgresServer, stack_names: Iterable[str], labels: Iterable[str], *,
               parallel: int = 1, log_dir: Path = LOG_DIR, timeout: float = RUN_TIMEOUT,
-              shim_dir: Path = stacks.SHIM_DIR, echo=print) -> list[LabelResult]:
+              shim_dir: Path = stacks.SHIM_DIR, pool_size: int | None = None,
+              echo=print) -> list[LabelResult]:
     prepare_server(server)
-    echo(f"-----> runs with the shim load {shim_dir}")
+    echo(f"-----> runs with the shim load {shim_dir}"
+         + (f", POOL_SIZE={pool_size}" if pool_size is not None else "")
+         + f", --parallel {parallel}")
     results = []
     for stack in stack_names:
         version = django_version(stack)
@@ -374,7 +418,7 @@ def run_suite(server: PostgresServer, stack_names: Iterable[str], labels: Iterab
         for label in labels:
             results.append(run_label(stack, label, server=server, tests_dir=tests_dir,
                                      parallel=parallel, log_dir=log_dir, timeout=timeout,
-                                     shim_dir=shim_dir, echo=echo))
+                                     shim_dir=shim_dir, pool_size=pool_size, echo=echo))
     return results
 
 
@@ -382,7 +426,7 @@ def run_suite(server: PostgresServer, stack_names: Iterable[str], labels: Iterab
 
 
 COLUMNS = (  # heading, width, value of a LabelResult
-    ("stack", -15, lambda r: r.stack),
+    ("stack", -19, lambda r: r.stack),
     ("label", -18, lambda r: r.label),
     ("tests", 6, lambda r: "crash" if r.with_shim.crashed else r.with_shim.ran),
     ("skipped", 7, lambda r: r.with_shim.summary.get("skipped", 0)),
@@ -391,6 +435,7 @@ COLUMNS = (  # heading, width, value of a LabelResult
     ("shim-only", 9, lambda r: len(r.shim_only)),
     ("known", 5, lambda r: len(r.known)),
     ("flaky", 5, lambda r: len(r.flaky)),
+    ("exhausted", 9, lambda r: len(r.exhausted)),
     ("logins+shim", 11, lambda r: r.with_shim.connections_opened),
     ("logins-shim", 11, lambda r: r.without_shim.connections_opened),
     ("s+shim", 6, lambda r: f"{r.with_shim.seconds:.0f}"),
@@ -418,6 +463,8 @@ def report(results: Sequence[LabelResult]) -> str:
             ("only with the shim, known", [f"{p}\n      {KNOWN[rerun_target(p)].reason}"
                                            for p in r.known]),
             ("only with the shim in one run, not the other (flaky)", r.flaky),
+            ("only with the shim, pool exhausted: the pool is smaller than the test needs",
+             r.exhausted),
             ("with and without the shim (not djpool's)", r.both),
             ("only without the shim", sorted(r.without_shim.failed_ids()
                                               - r.with_shim.failed_ids())),
@@ -429,15 +476,19 @@ def report(results: Sequence[LabelResult]) -> str:
     shim_only = sum(len(r.shim_only) for r in results)
     known = sum(len(r.known) for r in results)
     flaky = sum(len(r.flaky) for r in results)
-    lines.append(f"\n{shim_only} failures only with the shim, {known} known, {flaky} flaky")
+    exhausted = sum(len(r.exhausted) for r in results)
+    lines.append(f"\n{shim_only} failures only with the shim, {known} known, {flaky} flaky, "
+                 f"{exhausted} pool exhaustion")
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stacks", nargs="+", default=list(stacks.STACKS),
-                        choices=stacks.STACKS, metavar="STACK",
-                        help=f"default: all ({' '.join(stacks.STACKS)})")
+                        choices=SUITE_STACKS, metavar="STACK",
+                        help=f"default: {' '.join(stacks.STACKS)}; also "
+                        f"{' '.join(SUITE_STACKS[len(stacks.STACKS):])} "
+                        "(bash tests/setup_chroots.sh)")
     parser.add_argument("--labels", nargs="+", default=list(LABELS), metavar="LABEL",
                         help=f"runtests.py labels (default: {' '.join(LABELS)})")
     parser.add_argument("--parallel", type=int, default=1,
@@ -449,13 +500,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shim", type=Path, default=stacks.SHIM_DIR, metavar="DIR",
                         help="the shim directory for the runs with the shim (default: this "
                         "checkout's); another checkout's shim/ tries a fix in djpool")
+    parser.add_argument("--pool-size", type=int, metavar="N",
+                        help="POOL_SIZE for the runs (default: djpool's); tests in "
+                        "POOL_EXHAUSTION that then exhaust the pool are reported apart")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     started = time.monotonic()
     with PostgresServer(max_connections=200) as server:
         results = run_suite(server, args.stacks, args.labels, parallel=args.parallel,
                             log_dir=args.log_dir, timeout=args.timeout,
-                            shim_dir=args.shim.resolve())
+                            shim_dir=args.shim.resolve(), pool_size=args.pool_size)
     print()
     print(report(results))
     print(f"full output of every run in {args.log_dir}; took {time.monotonic() - started:.0f}s")
