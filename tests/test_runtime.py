@@ -5,6 +5,12 @@ PYTHONPATH, the way a dyno starts a process, against the suite's PostgreSQL
 (TLS, scram-sha-256). Django's request cycle is reproduced with
 ``connection.close()``, which is what ``close_old_connections`` calls at the
 end of a request when CONN_MAX_AGE is 0.
+
+The tests over every stack run on RUNTIME_STACKS: the four of this machine's
+Python plus the chroot stacks DJPOOL_TEST_STACKS selects (default
+py314-dj61-psycopg3; ``all`` for Python 3.14 + Django 6.0 and Python 3.13
+too; tests/support/stacks.py). The tests of one stack run on MAIN_STACKS:
+the default stack and those chroot stacks.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from pathlib import Path
 import pytest
 
 from support import stacks
-from support.stacks import DEFAULT_STACK, STACKS
+from support.stacks import DEFAULT_STACK, RUNTIME_STACKS
+
+# The default stack, and each chroot stack selected (a newer Python, Django 6).
+MAIN_STACKS = (DEFAULT_STACK, *stacks.extra_stacks())
 
 PRELUDE = """
 import json, os, sys, threading, time
@@ -64,11 +73,24 @@ def run_script(stack: str, body: str, env: dict[str, str], *, shim: bool = True,
 
 
 def run_in(python, code: str, env: dict[str, str], *, pythonpath=()) -> stacks.Result:
-    """Run code in any interpreter, with the shim first on PYTHONPATH."""
-    done = subprocess.run([str(python), "-c", code],
+    """Run code in any interpreter (a path, or a command list), the shim first on PYTHONPATH."""
+    command = [str(part) for part in python] if isinstance(python, list) else [str(python)]
+    done = subprocess.run([*command, "-c", code],
                           env=stacks.stack_env(env, pythonpath=pythonpath),
                           capture_output=True, text=True, timeout=60)
     return stacks.Result(done.returncode, done.stdout, done.stderr)
+
+
+def other_python(stack: str) -> list[str]:
+    """A Python beside the stack's that djpool was not installed for: the OS's python3.
+
+    On this machine the test runner's own Python stands in for it; in a
+    chroot stack's root filesystem it is the Debian python3.X there.
+    """
+    if stacks.chroot_of(stack) is None:
+        return [sys.executable]
+    major, minor = stacks.python_version(stack)
+    return stacks.chroot_command(stack, [f"/usr/bin/python{major}.{minor}"])
 
 
 def results(proc: stacks.Result) -> dict:
@@ -102,7 +124,7 @@ emit(pids=pids)
 """
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_connection_is_reused_across_requests(stack, pg, appname, db_env):
     proc = run_script(stack, """
 from django.db.backends.signals import connection_created
@@ -127,11 +149,12 @@ emit(server=server, physical=counters.connects, checkouts=counters.checkouts,
     assert any(line.startswith("djpool: pooling database 'app'") for line in djpool_lines(proc))
 
 
-def test_after_its_pools_are_disposed_a_database_gets_a_new_pool_that_is_reused(pg, db_env):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_after_its_pools_are_disposed_a_database_gets_a_new_pool_that_is_reused(stack, pg, db_env):
     # The wrapper remembers its last pool; disposing (as before a test database
     # is dropped or cloned) must make it look again, not keep returning
     # connections to the disposed pool, which would close each of them.
-    proc = run_script(DEFAULT_STACK, """
+    proc = run_script(stack, """
 from djpool import startup
 before = backend_pid()
 end_request()
@@ -150,13 +173,15 @@ emit(before=before, after=after, disposed=disposed, pools=len(entries),
     assert out["after"][0] == out["after"][1] and out["connects"] == 1, out
 
 
-def test_without_the_shim_every_request_opens_a_new_connection(pg, appname, db_env):
-    out = results(run_script(DEFAULT_STACK, REUSE, db_env, shim=False))
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_without_the_shim_every_request_opens_a_new_connection(stack, pg, appname, db_env):
+    out = results(run_script(stack, REUSE, db_env, shim=False))
     assert len(set(out["pids"])) == 5
 
 
-def test_start_line_names_database_and_sizes_but_never_the_password(pg, appname, db_env):
-    proc = run_script(DEFAULT_STACK, "backend_pid()", {**db_env, "POOL_SIZE": "3",
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_start_line_names_database_and_sizes_but_never_the_password(stack, pg, appname, db_env):
+    proc = run_script(stack, "backend_pid()", {**db_env, "POOL_SIZE": "3",
                                                         "POOL_MAX_OVERFLOW": "2"})
     lines = djpool_lines(proc)
     assert len(lines) == 1, proc.stderr
@@ -209,7 +234,7 @@ def leak_role(pg):
     return "leak_role"
 
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", RUNTIME_STACKS)
 @pytest.mark.parametrize("kind", sorted(LEAKS))
 def test_next_checkout_sees_none_of_the_previous_session_state(kind, stack, pg, db_env,
                                                                leak_role):
@@ -225,8 +250,9 @@ def test_next_checkout_sees_none_of_the_previous_session_state(kind, stack, pg, 
     assert out["leaked"] is False
 
 
-def test_queryset_iterator_with_hold_cursor_is_closed_on_checkin(pg, db_env):
-    out = results(run_script(DEFAULT_STACK, """
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_queryset_iterator_with_hold_cursor_is_closed_on_checkin(stack, pg, db_env):
+    out = results(run_script(stack, """
 q("CREATE TABLE IF NOT EXISTS iter_items (id serial primary key, name text)")
 q("INSERT INTO iter_items (name) SELECT 'n' || g FROM generate_series(1, 10) g")
 end_request()
@@ -244,8 +270,9 @@ emit(first=first, second=backend_pid(), held=held,
     assert out["after"] == 0
 
 
-def test_a_connection_whose_reset_fails_is_discarded(pg, db_env):
-    out = results(run_script(DEFAULT_STACK, """
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_a_connection_whose_reset_fails_is_discarded(stack, pg, db_env):
+    out = results(run_script(stack, """
 from django.db import connections
 first = backend_pid()
 # Kill our own session from another connection while it is checked out: the
@@ -262,7 +289,7 @@ emit(first=first, second=backend_pid())
 
 # -- per-checkout state -------------------------------------------------------
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_isolation_level_time_zone_and_role_hold_on_every_checkout(stack, pg, db_env, leak_role):
     serializable = "3" if stack.endswith("psycopg2") else "4"  # the drivers number them apart
     out = results(run_script(stack, """
@@ -284,7 +311,7 @@ emit(seen=seen)
                                                         "leak_role", False)
 
 
-@pytest.mark.parametrize("stack", [DEFAULT_STACK, "dj42-psycopg2"])
+@pytest.mark.parametrize("stack", [*MAIN_STACKS, "dj42-psycopg2"])
 def test_time_zone_needs_no_statement_on_a_reused_connection(stack, pg, db_env):
     # The zone is the session default from the startup packet ('client'), so the
     # reset keeps it and Django's check at checkout finds nothing to SET.
@@ -300,16 +327,18 @@ emit(seen=seen)
     assert [row[1:] for row in out["seen"]] == [["America/New_York", "client"]] * 3
 
 
-def test_conn_max_age_is_treated_as_zero_with_one_warning(pg, db_env):
-    proc = run_script(DEFAULT_STACK, REUSE, {**db_env, "APP_CONN_MAX_AGE": "600"})
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_conn_max_age_is_treated_as_zero_with_one_warning(stack, pg, db_env):
+    proc = run_script(stack, REUSE, {**db_env, "APP_CONN_MAX_AGE": "600"})
     out = results(proc)
     assert len(set(out["pids"])) == 1
     warnings = [line for line in djpool_lines(proc) if "CONN_MAX_AGE" in line]
     assert len(warnings) == 1 and "'default'" in warnings[0] and "600" in warnings[0]
 
 
-def test_alias_with_djangos_own_pool_is_left_alone(pg, db_env):
-    proc = run_script(DEFAULT_STACK, """
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_alias_with_djangos_own_pool_is_left_alone(stack, pg, db_env):
+    proc = run_script(stack, """
 from djpool import startup
 pids = []
 for _ in range(2):
@@ -323,7 +352,8 @@ emit(pids=pids, our_pools=len(startup.registry().entries()))
     assert len(lines) == 1 and "'default'" in lines[0]
 
 
-def test_custom_engine_subclass_is_pooled(pg, db_env, tmp_path):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_custom_engine_subclass_is_pooled(stack, pg, db_env, tmp_path):
     package = tmp_path / "mybackend"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -331,7 +361,7 @@ def test_custom_engine_subclass_is_pooled(pg, db_env, tmp_path):
         "from django.db.backends.postgresql import base\n"
         "class DatabaseWrapper(base.DatabaseWrapper):\n"
         "    pass\n")
-    out = results(run_script(DEFAULT_STACK, "sys.path.insert(0, os.environ['EXTRA'])\n" + REUSE,
+    out = results(run_script(stack, "sys.path.insert(0, os.environ['EXTRA'])\n" + REUSE,
                              {**db_env, "APP_ENGINE": "mybackend", "EXTRA": str(tmp_path)},
                              cwd=tmp_path))
     assert len(set(out["pids"])) == 1
@@ -339,7 +369,7 @@ def test_custom_engine_subclass_is_pooled(pg, db_env, tmp_path):
 
 # -- exhaustion --------------------------------------------------------------
 
-@pytest.mark.parametrize("stack", [DEFAULT_STACK, "dj42-psycopg2"])
+@pytest.mark.parametrize("stack", [*MAIN_STACKS, "dj42-psycopg2"])
 def test_exhausted_pool_raises_operational_error_after_timeout(stack, pg, db_env):
     out = results(run_script(stack, """
 from django.db import utils
@@ -381,8 +411,9 @@ BAD = [
 
 
 @pytest.mark.parametrize(("env", "named", "allowed"), BAD, ids=[b[1] for b in BAD])
-def test_bad_pool_variable_gives_one_line_and_runs_unpooled(env, named, allowed, pg, db_env):
-    proc = run_script(DEFAULT_STACK, REUSE, {**db_env, **env})
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_bad_pool_variable_gives_one_line_and_runs_unpooled(stack, env, named, allowed, pg, db_env):
+    proc = run_script(stack, REUSE, {**db_env, **env})
     out = results(proc)
     lines = djpool_lines(proc)
     assert len(lines) == 1, proc.stderr
@@ -400,9 +431,10 @@ BAD_URLS = [
 
 
 @pytest.mark.parametrize(("url", "shown"), BAD_URLS, ids=["not-url", "mysql", "bad-port"])
-def test_bad_database_url_gives_one_line_without_the_password(url, shown):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_bad_database_url_gives_one_line_without_the_password(stack, url, shown):
     # The app would fail on such a URL by itself; the shim must not add a crash.
-    proc = stacks.run_python(DEFAULT_STACK, "print('still running')", {"DATABASE_URL": url})
+    proc = stacks.run_python(stack, "print('still running')", {"DATABASE_URL": url})
     assert proc.returncode == 0 and proc.stdout.strip() == "still running"
     lines = djpool_lines(proc)
     assert len(lines) == 1, proc.stderr
@@ -410,42 +442,53 @@ def test_bad_database_url_gives_one_line_without_the_password(url, shown):
     assert "hunter2" not in proc.stderr
 
 
-def test_pool_disabled_is_silent_and_unpooled(pg, db_env):
-    proc = run_script(DEFAULT_STACK, REUSE, {**db_env, "POOL_DISABLED": "true"})
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_pool_disabled_is_silent_and_unpooled(stack, pg, db_env):
+    proc = run_script(stack, REUSE, {**db_env, "POOL_DISABLED": "true"})
     assert len(set(results(proc)["pids"])) == 5
     assert djpool_lines(proc) == []
 
 
 # -- the shim ------------------------------------------------------------------
 
-def test_shim_imports_neither_django_nor_sqlalchemy(db_env):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_shim_imports_neither_django_nor_sqlalchemy(stack, db_env):
     proc = stacks.run_python(
-        DEFAULT_STACK,
+        stack,
         "import sys; print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))",
         db_env)
     assert proc.stdout.strip() == "[]", proc.stderr
     assert len(djpool_lines(proc)) == 1
 
 
-def test_another_interpreter_is_left_alone(db_env):
-    # The test runner's own Python stands in for the OS python3: not the prefix
-    # djpool was installed for.
-    proc = run_in(sys.executable, "import sys; print('djpool' in sys.modules)",
-                  {**db_env, "DJPOOL_PYTHON_PREFIX": str(stacks.venv_dir(DEFAULT_STACK))})
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_another_interpreter_is_left_alone(stack, db_env):
+    # The OS's python3 (see other_python): not the prefix djpool was installed for.
+    proc = run_in(other_python(stack), "import sys; print('djpool' in sys.modules)",
+                  {**db_env, "DJPOOL_PYTHON_PREFIX": str(stacks.venv_dir(stack))})
     assert proc.returncode == 0
     assert proc.stdout.strip() == "False"
     assert djpool_lines(proc) == []
 
 
-def test_another_interpreter_is_left_alone_even_with_pythonhome(db_env, tmp_path):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_another_interpreter_is_left_alone_even_with_pythonhome(stack, db_env, tmp_path):
     # heroku/python exports PYTHONHOME, which gives every interpreter started on
     # the dyno the app's sys.prefix. Stand-in for the app's installation: a
-    # prefix whose standard library is the test runner's; the runner's base
-    # interpreter then plays the OS's python3 (it lives elsewhere).
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    # prefix whose standard library is the OS python's; that base interpreter
+    # then plays the OS's python3 (it lives elsewhere). In a chroot stack the
+    # symlink and the interpreter are the chroot's, under the same /tmp.
+    if stacks.chroot_of(stack) is None:
+        major, minor = sys.version_info[:2]
+        base_prefix = Path(sys.base_prefix)
+        base_python: list[str] | Path = base_prefix / "bin" / f"python{major}.{minor}"
+    else:
+        major, minor = stacks.python_version(stack)
+        base_prefix = Path("/usr")
+        base_python = other_python(stack)
+    version = f"python{major}.{minor}"
     (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / version).symlink_to(Path(sys.base_prefix) / "lib" / version)
-    base_python = Path(sys.base_prefix) / "bin" / version
+    (tmp_path / "lib" / version).symlink_to(base_prefix / "lib" / version)
     proc = run_in(base_python,
                   "import os, sys; print(os.path.realpath(sys.prefix) == os.environ['APP_P'],"
                   " 'djpool' in sys.modules)",
@@ -456,10 +499,11 @@ def test_another_interpreter_is_left_alone_even_with_pythonhome(db_env, tmp_path
     assert djpool_lines(proc) == []
 
 
-def test_the_apps_own_sitecustomize_still_runs(pg, db_env, tmp_path):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_the_apps_own_sitecustomize_still_runs(stack, pg, db_env, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
         "import os\nos.environ['APP_SITECUSTOMIZE_RAN'] = 'yes'\n")
-    proc = run_in(stacks.python_path(DEFAULT_STACK),
+    proc = run_in(stacks.python_path(stack),
                   PRELUDE + REUSE + "emit(ran=os.environ.get('APP_SITECUSTOMIZE_RAN'))",
                   db_env, pythonpath=[tmp_path])
     out = results(proc)
@@ -467,17 +511,20 @@ def test_the_apps_own_sitecustomize_still_runs(pg, db_env, tmp_path):
     assert len(set(out["pids"])) == 1
 
 
-def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(pg, db_env, tmp_path):
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(stack, pg, db_env, tmp_path):
     (tmp_path / "sitecustomize.py").write_text("raise RuntimeError('app bug')\n")
-    proc = run_in(stacks.python_path(DEFAULT_STACK), PRELUDE + REUSE, db_env,
+    proc = run_in(stacks.python_path(stack), PRELUDE + REUSE, db_env,
                   pythonpath=[tmp_path])
     assert len(set(results(proc)["pids"])) == 1
     assert "Error in sitecustomize" in proc.stderr and "app bug" in proc.stderr
 
 
-def test_missing_dependencies_mean_one_line_and_unpooled(db_env):
-    # The test runner's venv has neither SQLAlchemy nor dj-database-url.
-    proc = run_in(sys.executable, "print('ok')", db_env)
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_missing_dependencies_mean_one_line_and_unpooled(stack, db_env):
+    # The test runner's venv (the chroot's python3.X) has neither SQLAlchemy nor
+    # dj-database-url.
+    proc = run_in(other_python(stack), "print('ok')", db_env)
     assert proc.stdout.strip() == "ok"
     assert djpool_lines(proc) == [
         "djpool: SQLAlchemy and dj-database-url are not installed; running unpooled"]
@@ -485,7 +532,7 @@ def test_missing_dependencies_mean_one_line_and_unpooled(db_env):
 
 # -- fork safety -------------------------------------------------------------
 
-@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_forked_child_never_uses_the_parents_connections(stack, pg, db_env):
     out = results(run_script(stack, """
 idle = backend_pid()
@@ -515,25 +562,76 @@ emit(idle=idle, held=held, child=child_pids, after=after, again=backend_pid())
     assert out["again"] in parent_pids
 
 
-def test_multiprocessing_fork_children_get_their_own_connections(pg, db_env):
-    out = results(run_script(DEFAULT_STACK, """
-import multiprocessing
-def work(_):
-    pid = backend_pid()
+# A module, not the script: spawn and forkserver children import the function
+# they run by name, and re-import the module that defines it (the script of
+# ``python -c`` cannot be). Importing it sets Django up, as a worker's code does.
+MP_WORKER = PRELUDE + """
+from djpool import startup
+
+def work(appname):
+    pids = []
+    for _ in range(3):               # three requests in this child
+        pids.append(backend_pid())
+        end_request()
+    held = backend_pid()             # checked out: the server shows it under our name
+    seen = [row[0] for row in q(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [appname])]
     end_request()
-    return pid
-parent = backend_pid()
-context = multiprocessing.get_context("fork")
-with context.Pool(2) as workers:
-    child_pids = workers.map(work, range(6))
-emit(parent=parent, children=child_pids, after=backend_pid())
-""", {**db_env, "POOL_SIZE": "2"}))
-    assert out["parent"] not in out["children"]
-    assert out["after"] == out["parent"]
+    entries = startup.registry().entries()
+    return {"process": os.getpid(), "pids": pids, "held": held, "seen": seen,
+            "pools": len(entries), "connects": entries[0].counters.connects}
+"""
+
+MP_PARENT = """
+import multiprocessing, os, sys
+sys.path.insert(0, os.environ["APP_WORKER_DIR"])
+import djpool_mp_worker as worker
+appname = os.environ["APP_NAME"]
+parent = worker.backend_pid()       # checked out while the children start and work
+method = os.environ["APP_START_METHOD"]
+context = multiprocessing.get_context(None if method == "default" else method)
+with context.Pool(2) as children:
+    done = children.map(worker.work, [appname] * 4, chunksize=1)
+after = worker.backend_pid()
+worker.end_request()
+worker.emit(method=context.get_start_method(), process=os.getpid(), parent=parent,
+            children=done, after=after)
+"""
 
 
-def test_threads_share_the_pool_within_its_size(pg, appname, db_env):
-    out = results(run_script(DEFAULT_STACK, """
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn", "default"])
+def test_multiprocessing_children_get_a_working_pool_of_their_own(method, stack, pg, appname,
+                                                                  db_env, tmp_path):
+    # Python 3.14 made forkserver the default start method on Linux: a child
+    # then starts from a fresh interpreter (spawn) or from a clean server
+    # process (forkserver), not from a copy of the parent. Each way, the child
+    # must load the shim itself, pool its own connections, and never touch
+    # the parent's.
+    (tmp_path / "djpool_mp_worker.py").write_text(MP_WORKER)
+    out = results(stacks.run_python(stack, MP_PARENT, {
+        **db_env, "POOL_SIZE": "2", "APP_WORKER_DIR": str(tmp_path), "APP_NAME": appname,
+        "APP_START_METHOD": method}, timeout=120))
+    if method == "default":
+        expected = "forkserver" if stacks.python_version(stack) >= (3, 14) else "fork"
+        assert out["method"] == expected
+    assert out["after"] == out["parent"], "the parent's connection survives the children"
+    by_process: dict[int, set[int]] = {}
+    for child in out["children"]:
+        assert child["process"] != out["process"]
+        assert child["pools"] == 1 and child["connects"] == 1, child  # pooled, in the child
+        assert set(child["pids"]) == {child["held"]}, child  # one connection, reused
+        assert child["held"] in child["seen"], child  # a live backend of this test
+        assert child["held"] != out["parent"], child
+        by_process.setdefault(child["process"], set()).add(child["held"])
+    assert all(len(held) == 1 for held in by_process.values()), by_process
+    backends = [next(iter(held)) for held in by_process.values()]
+    assert len(set(backends)) == len(backends), "each child has its own connection"
+
+
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+def test_threads_share_the_pool_within_its_size(stack, pg, appname, db_env):
+    out = results(run_script(stack, """
 from concurrent.futures import ThreadPoolExecutor
 def request(_):
     pid = one("SELECT pg_backend_pid() FROM pg_sleep(0.01)")

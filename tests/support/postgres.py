@@ -15,7 +15,15 @@ Everything lives in one temporary directory::
 
 Run as root, initdb and the server run as the ``postgres`` system user (made
 with ``useradd --system`` if missing), since PostgreSQL refuses to run as
-root. The server is stopped and the directory removed by ``close()``, at
+root.
+
+Which PostgreSQL: this machine's newest (15 here) by default; with
+DJPOOL_TEST_PG=17 (or ``PostgresServer(version="17")``), the server binaries
+of the trixie root filesystem that tests/setup_chroots.sh builds, run inside
+it (tests/support/chroot.sh: same /tmp, same pids, same network) as that
+filesystem's ``postgres`` user. Heroku Postgres creates 17 today.
+
+The server is stopped and the directory removed by ``close()``, at
 interpreter exit, and, should the test process be killed, by a small
 watchdog process that notices its parent is gone.
 
@@ -51,10 +59,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
+from support import stacks
+
 SUPERUSER = "postgres"
 SERVER_OS_USER = "postgres"
 ADMIN_APPLICATION_NAME = "djpool-tests-admin"
 INSTALL_HINT = "apt-get install -y postgresql"
+# PostgreSQL versions this machine lacks: version -> (chroot, its bin directory inside).
+CHROOT_VERSIONS: dict[str, tuple[str, str]] = {"17": ("trixie", "/usr/lib/postgresql/17/bin")}
+VERSION_VARIABLE = "DJPOOL_TEST_PG"
 
 _AUTHORIZED = re.compile(
     r"connection authorized: user=(?P<user>\S+)(?: database=(?P<database>\S+))?"
@@ -105,6 +118,39 @@ def find_bindir() -> Path:
         "`pg_config --bindir`, /usr/lib/postgresql/*/bin or PATH. "
         f"Install them with: {INSTALL_HINT} (or run: bash tests/setup_env.sh)"
     )
+
+
+def requested_version(version: str | None = None) -> str | None:
+    """The PostgreSQL to test against: ``version``, else DJPOOL_TEST_PG, else None (this machine's).
+
+    A version this machine has in /usr/lib/postgresql, or one in CHROOT_VERSIONS.
+    """
+    if version is None:
+        version = os.environ.get(VERSION_VARIABLE, "").strip() or None
+    if version is None or version in CHROOT_VERSIONS:
+        return version
+    if os.access(f"/usr/lib/postgresql/{version}/bin/initdb", os.X_OK):
+        return version
+    raise PostgresNotFound(
+        f"{VERSION_VARIABLE}={version!r}: no such PostgreSQL here; allowed: the versions in "
+        f"/usr/lib/postgresql ({', '.join(_local_versions()) or 'none'}) or "
+        f"{', '.join(CHROOT_VERSIONS)} (from bash tests/setup_chroots.sh)")
+
+
+def _local_versions() -> list[str]:
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    return sorted((Path(path).parent.parent.name for path in found), key=_version_key)
+
+
+def _chroot_os_user(root: Path) -> pwd.struct_passwd:
+    """The ``postgres`` account of a root filesystem (its own uid, not this machine's)."""
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == SERVER_OS_USER:
+            return pwd.struct_passwd((fields[0], fields[1], int(fields[2]), int(fields[3]),
+                                      fields[4], fields[5], fields[6]))
+    raise PostgresNotFound(f"{root} has no {SERVER_OS_USER} user: "
+                           "run `bash tests/setup_chroots.sh`")
 
 
 def application_name_for(nodeid: str, limit: int = 60) -> str:
@@ -195,6 +241,8 @@ class PostgresServer:
             again if another process takes it before the server binds it).
         settings: more postgresql.conf settings, e.g. ``{"idle_session_timeout": "5s"}``.
         base_dir: where to make the temporary directory (default: the system's).
+        version: the PostgreSQL major version (default: DJPOOL_TEST_PG, else this
+            machine's newest); see requested_version().
     """
 
     def __init__(
@@ -204,8 +252,22 @@ class PostgresServer:
         port: int | None = None,
         settings: dict[str, Any] | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        version: str | None = None,
     ) -> None:
-        self.bindir = find_bindir()
+        self.version = requested_version(version)
+        # A chroot's PostgreSQL: its root filesystem, and bindir is the path inside.
+        self._chroot_root: Path | None = None
+        if self.version in CHROOT_VERSIONS:
+            chroot, inside = CHROOT_VERSIONS[self.version]
+            self._chroot_root = stacks.CHROOTS_DIR / chroot
+            self.bindir = Path(inside)
+            if not os.access(f"{self._chroot_root}{inside}/initdb", os.X_OK):
+                raise PostgresNotFound(f"PostgreSQL {self.version}: {self._chroot_root}{inside} "
+                                       f"is missing: {stacks.SETUP_CHROOTS_HINT}")
+        elif self.version is not None:
+            self.bindir = Path(f"/usr/lib/postgresql/{self.version}/bin")
+        else:
+            self.bindir = find_bindir()
         self.openssl = shutil.which("openssl")
         if self.openssl is None:
             raise PostgresNotFound(
@@ -218,7 +280,10 @@ class PostgresServer:
         self.settings = dict(settings or {})
         self._fixed_port = port is not None
         self._parent_dir = base_dir
-        self._os_user = _server_os_user()
+        if self._chroot_root is not None and os.geteuid() == 0:
+            self._os_user: pwd.struct_passwd | None = _chroot_os_user(self._chroot_root)
+        else:
+            self._os_user = _server_os_user()
         self._passwords = {SUPERUSER: secrets.token_urlsafe(24)}
         self._lock = threading.RLock()
         self._admin_connections: dict[str, Any] = {}
@@ -288,8 +353,8 @@ class PostgresServer:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until the server accepts connections; fail early if it died starting."""
         deadline = time.monotonic() + timeout
-        command = [self._bin("pg_isready"), "-q", "-h", self.host, "-p", str(self.port),
-                   "-d", "postgres", "-t", "2"]
+        command = self._in_chroot([self._bin("pg_isready"), "-q", "-h", self.host,
+                                   "-p", str(self.port), "-d", "postgres", "-t", "2"])
         while True:
             status = subprocess.run(command, env=self._env(), timeout=30).returncode
             if status == 0:
@@ -505,6 +570,11 @@ class PostgresServer:
 
     def _bin(self, name: str) -> str:
         candidate = self.bindir / name
+        if self._chroot_root is not None:
+            if not os.access(f"{self._chroot_root}{candidate}", os.X_OK):
+                raise PostgresNotFound(f"{name} is not in {self._chroot_root}{self.bindir}: "
+                                       f"{stacks.SETUP_CHROOTS_HINT}")
+            return str(candidate)
         if os.access(candidate, os.X_OK):
             return str(candidate)
         found = shutil.which(name)
@@ -518,7 +588,18 @@ class PostgresServer:
         env["LC_MESSAGES"] = "C"
         return env
 
+    def _in_chroot(self, command: Sequence[str], userspec: str | None = None) -> list[str]:
+        """``command`` run inside the chroot of a chroot's PostgreSQL (else as it is)."""
+        if self._chroot_root is None:
+            return list(command)
+        return ["/bin/sh", str(stacks.CHROOT_SH), str(self._chroot_root), str(stacks.REPO), "/",
+                *([f"--userspec={userspec}"] if userspec else []), *command]
+
     def _as_server(self, command: Sequence[str]) -> list[str]:
+        if self._chroot_root is not None:
+            user = self._os_user
+            return self._in_chroot(command, None if user is None else
+                                   f"{user.pw_uid}:{user.pw_gid}")
         if self._os_user is None:
             return list(command)
         runuser = shutil.which("runuser") or "/usr/sbin/runuser"

@@ -235,3 +235,20 @@ def check(result: Result, what: str = "stack process") -> Result:
             f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
         )
     return result
+
+
+def chroot_command(stack: str, argv: Sequence[str | os.PathLike[str]],
+                   cwd: str | os.PathLike[str] | None = None) -> list[str]:
+    """``argv`` run inside the chroot stack's root filesystem (tests/support/chroot.sh).
+
+    The command keeps the caller's pid; ``cwd`` (default: the caller's) must be
+    under the repository or /tmp, the only paths of this machine inside.
+    """
+    name = chroot_of(stack)
+    if name is None:
+        raise ValueError(f"{stack} runs this machine's Python, not a chroot's")
+    root = CHROOTS_DIR / name
+    if not (root / "usr" / "bin").is_dir():
+        raise FileNotFoundError(f"{root} is missing: {SETUP_CHROOTS_HINT}")
+    return ["/bin/sh", str(CHROOT_SH), str(root), str(REPO), str(cwd or os.getcwd()),
+            *map(str, argv)]
