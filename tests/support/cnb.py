@@ -92,7 +92,8 @@ DETECT_PASS, DETECT_FAIL = 0, 100
 # The build and run images' PATH (heroku/builder:24, heroku/heroku:24).
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Where a layer's directories go (buildpack.md, "Layer Paths"; lifecycle env/build.go, env/launch.go).
+# Where a layer's directories go (buildpack.md, "Layer Paths"; lifecycle env/build.go,
+# env/launch.go).
 BUILD_ROOT_DIRS = {"bin": ("PATH",), "lib": ("LD_LIBRARY_PATH", "LIBRARY_PATH"),
                    "include": ("CPATH",), "pkgconfig": ("PKG_CONFIG_PATH",)}
 LAUNCH_ROOT_DIRS = {"bin": ("PATH",), "lib": ("LD_LIBRARY_PATH",)}
@@ -410,8 +411,9 @@ class HerokuPython:
                 log.append("- Installing pip (the standard library's bundled wheel)")
                 wheel = next(python_layer.glob(f"lib/{short}/ensurepip/_bundled/pip-*.whl"))
                 if not _run([python, f"{wheel}/pip", "install", "--isolated", "--no-cache-dir",
-                             "--no-index", "--no-input", "--quiet", "--user", "--root-user-action=ignore",
-                             "--no-warn-script-location", str(wheel)],
+                             "--no-index", "--no-input", "--quiet", "--user",
+                             "--root-user-action=ignore", "--no-warn-script-location",
+                             str(wheel)],
                             _with_layer(env, pip_layer), app, log):
                     return 1, "\n".join(log) + "\n"
             env = _with_layer(env, pip_layer)
@@ -493,9 +495,24 @@ def project_group(project_toml: Path = REPO / "project.toml") -> list[str]:
 def default_group(python: HerokuPython | None = None) -> list[Buildpack]:
     """The group of project.toml: heroku/python, djpool, heroku/procfile."""
     known: dict[str, Buildpack] = {}
-    for buildpack in (python or HerokuPython(), DirectoryBuildpack(BUILDPACK_DIR), HerokuProcfile()):
+    for buildpack in (python or HerokuPython(), DirectoryBuildpack(BUILDPACK_DIR),
+                      HerokuProcfile()):
         known[buildpack.id] = buildpack
     return [known[buildpack_id] for buildpack_id in project_group()]
+
+
+def _reserve_fd(fd: int) -> int:
+    """Open /dev/null as ``fd`` if that fd is free; the fd to close afterwards, or -1."""
+    try:
+        os.fstat(fd)
+        return -1
+    except OSError:
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null == fd:
+            return null
+        os.dup2(null, fd)
+        os.close(null)
+        return fd
 
 
 # -- the lifecycle -------------------------------------------------------------------
@@ -692,7 +709,7 @@ class CnbApp:
         return self.cache_dir / escape_id(buildpack.id)
 
     def _restore(self, old_layers: Path) -> None:
-        """Cached layers (dir and metadata) from the cache; launch layers' metadata from the image."""
+        """Cache layers (dir, metadata) from the cache; launch layers' metadata from the image."""
         for buildpack in self.group:
             bp_layers = self.layers_dir / escape_id(buildpack.id)
             cached = self._cache_path(buildpack)
@@ -790,15 +807,17 @@ class CnbApp:
 
     def exec_d(self, program: Path, env: Mapping[str, str]) -> dict[str, str]:
         """Run one exec.d program with fd 3 open for writing; the variables its TOML sets."""
+        # fd 3 of this process stays taken meanwhile, so that nothing Popen opens
+        # for itself (its exec error pipe) can be the fd the child's pipe goes to.
+        reserved = _reserve_fd(3)
         read_end, write_end = os.pipe()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"exec.d-{program.name}-{secrets.token_hex(4)}.log"
         try:
             with open(log_path, "wb") as log:
-                # /bin/sh moves the pipe to fd 3 and execs the program (its $0 the program's path).
                 process = subprocess.Popen(
-                    ["/bin/sh", "-c", f'exec "$0" 3>&{write_end} {write_end}>&-', str(program)],
-                    env=dict(env), cwd=self.app_dir, pass_fds=(write_end,),
+                    [str(program)], env=dict(env), cwd=self.app_dir, pass_fds=(3,),
+                    preexec_fn=lambda: os.dup2(write_end, 3),  # the only one forking now
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             os.close(write_end)
             write_end = -1
@@ -807,7 +826,7 @@ class CnbApp:
                 output = pipe.read().decode()
             status = process.wait(timeout=60)
         finally:
-            for fd in (read_end, write_end):
+            for fd in (read_end, write_end, reserved):
                 if fd >= 0:
                     os.close(fd)
         logged = log_path.read_text(errors="replace")
@@ -827,6 +846,15 @@ class CnbApp:
         return subprocess.run(
             [self._lookup("bash", launch), "-c", command], cwd=self.app_dir, env=launch,
             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+    def launch(self, process_type: str, *, env: Mapping[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run a process of launch.toml to its end (the ``release`` process, say)."""
+        launch = self.launch_env(process_type, env, free_port())
+        command = self.command_for(process_type)
+        command[0] = self._lookup(command[0], launch)
+        return subprocess.run(command, cwd=self.app_dir, env=launch, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
 
     def start(self, process_type: str = "web", *, env: Mapping[str, str] | None = None,
               timeout: float = 60) -> CnbProcess:
