@@ -317,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
 def web_concurrency(environ: Mapping[str, str], given: int | None) -> tuple[int, str]:
     """Processes per web dyno, and where the number came from."""
     if given is not None:
-        return given, "--web-concurrency"
+        return given, "from --web-concurrency"
     raw = environ.get("WEB_CONCURRENCY", "").strip()
     if not raw:
         return 1, "WEB_CONCURRENCY is not set: gunicorn's default"
@@ -327,7 +327,7 @@ def web_concurrency(environ: Mapping[str, str], given: int | None) -> tuple[int,
         value = 0
     if value < 1:
         raise CannotTell(f"WEB_CONCURRENCY={raw!r} is not valid: expected a whole number from 1")
-    return value, "WEB_CONCURRENCY"
+    return value, "from the environment"
 
 
 def main(environ: Mapping[str, str], argv: Sequence[str] = (), out: TextIO | None = None) -> int:
@@ -346,6 +346,10 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = (), out: TextIO | Non
     except config.ConfigError as error:
         say(f"Error: {error}", ERROR)
         return CANNOT_TELL
+
+
+def _dynos(count: int, kind: str) -> str:
+    return f"{count} {kind} dyno" + ("" if count == 1 else "s")
 
 
 def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[..., None]) -> int:
@@ -403,10 +407,10 @@ def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[
         f"each web dyno: WEB_CONCURRENCY {concurrency} x {formation.per_process}"
         f" = {formation.per_web_dyno}"
     )
-    formula = f"{formation.web_dynos} web dynos x {formation.per_web_dyno}"
+    formula = f"{_dynos(formation.web_dynos, 'web')} x {formation.per_web_dyno}"
     if formation.worker_dynos:
         formula += (
-            f" + {formation.worker_dynos} worker dynos x {formation.worker_concurrency}"
+            f" + {_dynos(formation.worker_dynos, 'worker')} x {formation.worker_concurrency}"
             f" processes x {formation.per_process}"
         )
     say(f"formation: {formula} = {formation.total}")
@@ -417,14 +421,14 @@ def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[
             f"{facts.role!r} may open ({spare} left for heroku run, the release phase "
             "and other clients)"
         )
-        say(f"up to {verdict.web_dynos_that_fit} web dynos fit with these settings")
+        say(f"up to {_dynos(verdict.web_dynos_that_fit, 'web')} fit with these settings")
         return FITS
     say(
         f"Error: does not fit: the formation may open {verdict.needed} connections; "
         f"role {facts.role!r} may open {verdict.limit}.",
         ERROR,
     )
-    say(f"With these settings {verdict.web_dynos_that_fit} web dynos fit.", ERROR)
+    say(f"With these settings {_dynos(verdict.web_dynos_that_fit, 'web')} fit.", ERROR)
     if verdict.pool_size_that_fits >= 1:
         overflow = f" (with POOL_MAX_OVERFLOW={settings.max_overflow})"
         say(
