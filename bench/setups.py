@@ -7,12 +7,19 @@ BENCH_* variables into DATABASES changes the app's own settings cannot make.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-# djpool's defaults (lib/djpool/config.py), for the connection-count target.
-DJPOOL_POOL_SIZE = 5
-DJPOOL_MAX_OVERFLOW = 0
+_LIB = str(Path(__file__).resolve().parent.parent / "lib")
+if _LIB not in sys.path:
+    sys.path.append(_LIB)
+
+from djpool.config import PoolSettings  # noqa: E402 - needs lib/ on sys.path
+
+# djpool's defaults (the connection-count target): their one home is PoolSettings.
+DJPOOL_POOL_SIZE = PoolSettings().size
+DJPOOL_MAX_OVERFLOW = PoolSettings().max_overflow
 
 
 @dataclass(frozen=True)

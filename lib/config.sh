@@ -8,14 +8,17 @@
 set -euo pipefail
 
 CONFIG_POOL_VARS=(POOL_SIZE POOL_MAX_OVERFLOW POOL_TIMEOUT POOL_RECYCLE POOL_DISABLED)
+# The interpreter and djpool lib config::check_pool_vars checked with:
+# config::pooling_disabled asks them the same way.
+CONFIG_CHECKED_WITH=()
 
-# config::check_pool_vars PYTHON ENV_DIR DJPOOL_LIB
-function config::check_pool_vars() {
-	local python="${1}" env_dir="${2}" djpool_lib="${3}"
-	local settings status=0
-	# A subshell: the config vars are set for the check only, never exported
-	# to the rest of the build.
-	settings="$(
+# config::run_with_pool_vars ENV_DIR COMMAND...: run COMMAND with the POOL_*
+# config vars of ENV_DIR set, in a subshell, so they are never exported to
+# the rest of the build.
+function config::run_with_pool_vars() {
+	local env_dir="${1}"
+	shift
+	(
 		local name
 		for name in "${CONFIG_POOL_VARS[@]}"; do
 			unset "${name}"
@@ -23,8 +26,17 @@ function config::check_pool_vars() {
 				export "${name}=$(<"${env_dir}/${name}")"
 			fi
 		done
-		PYTHONPATH="${djpool_lib}" "${python}" -m djpool.check 2>&1
-	)" || status=$?
+		"$@"
+	)
+}
+
+# config::check_pool_vars PYTHON ENV_DIR DJPOOL_LIB
+function config::check_pool_vars() {
+	local python="${1}" env_dir="${2}" djpool_lib="${3}"
+	local settings status=0
+	CONFIG_CHECKED_WITH=("${python}" "${djpool_lib}")
+	settings="$(config::run_with_pool_vars "${env_dir}" \
+		env PYTHONPATH="${djpool_lib}" "${python}" -m djpool.check 2>&1)" || status=$?
 	if ((status != 0)); then
 		failure::abort <<-EOF
 			Error: a djpool config var is not valid.
@@ -43,14 +55,16 @@ function config::check_pool_vars() {
 	output::detail "${settings}"
 }
 
-# config::pooling_disabled ENV_DIR: succeeds when POOL_DISABLED is true there
-# (config::check_pool_vars has checked the value first).
+# config::pooling_disabled ENV_DIR: succeeds when POOL_DISABLED is true there.
+# The runtime answers (djpool.check --pooling-disabled), so the build holds no
+# copy of the true words; it asks the interpreter and djpool lib that
+# config::check_pool_vars checked the value with, so that runs first.
 function config::pooling_disabled() {
-	local env_dir="${1}" value=""
-	if [[ -f "${env_dir}/POOL_DISABLED" ]]; then
-		value="$(<"${env_dir}/POOL_DISABLED")"
+	local env_dir="${1}"
+	if ((${#CONFIG_CHECKED_WITH[@]} != 2)); then
+		echo "config::pooling_disabled: run config::check_pool_vars first" >&2
+		return 2
 	fi
-	value="${value,,}"
-	value="${value//[[:space:]]/}"
-	[[ "${value}" == @(1|true|yes|on) ]]
+	config::run_with_pool_vars "${env_dir}" env PYTHONPATH="${CONFIG_CHECKED_WITH[1]}" \
+		"${CONFIG_CHECKED_WITH[0]}" -m djpool.check --pooling-disabled
 }

@@ -1,21 +1,25 @@
-"""Build-time check of the POOL_* config vars: ``python -m djpool.check``.
+"""Build-time questions about the POOL_* config vars: ``python -m djpool.check``.
 
 Why a separate entry point: at build time an invalid value must fail the
 build (the running release stays up), while at runtime the same value only
 turns pooling off. Both use ``config``, so they can never disagree.
-Prints the settings on success, or the one-line reason on stderr and exits 1.
+
+Without arguments: prints the settings on success, or the one-line reason
+on stderr and exits 1. With ``--pooling-disabled``: exits 0 when
+POOL_DISABLED is one of the true words, 1 when not, so the build needs no
+copy of the words.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from djpool import config
 
 
-def main(environ: Mapping[str, str]) -> int:
+def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     """Validate POOL_* in ``environ``; return the process exit status."""
     try:
         disabled = config.is_disabled(environ)
@@ -23,6 +27,14 @@ def main(environ: Mapping[str, str]) -> int:
     except config.ConfigError as error:
         print(str(error), file=sys.stderr)
         return 1
+    if list(argv) == ["--pooling-disabled"]:
+        return 0 if disabled else 1
+    if argv:
+        print(
+            f"usage: python -m djpool.check [--pooling-disabled], not {' '.join(argv)!r}",
+            file=sys.stderr,
+        )
+        return 2
     if disabled:
         print("POOL_DISABLED is set: the shim is installed but will not pool")
     else:
@@ -31,4 +43,4 @@ def main(environ: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(os.environ))
+    sys.exit(main(os.environ, sys.argv[1:]))

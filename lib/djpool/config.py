@@ -12,12 +12,12 @@ dependency is installed, and the shim imports it at interpreter start.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("", "0", "false", "no", "off")
+from djpool import words
+
 POSTGRES_ENGINES = (
     "django.db.backends.postgresql",
     "django.contrib.gis.db.backends.postgis",
@@ -85,7 +85,17 @@ class Config(NamedTuple):
     database: DatabaseTarget
 
 
-def _number(environ: Mapping[str, str], variable: str, default, parse, fits, allowed: str):
+Number = TypeVar("Number", int, float)
+
+
+def _number(
+    environ: Mapping[str, str],
+    variable: str,
+    default: Number,
+    parse: Callable[[str], Number],
+    fits: Callable[[Number], bool],
+    allowed: str,
+) -> Number:
     """The variable parsed by ``parse`` and checked by ``fits``; unset or blank gives default."""
     raw = environ.get(variable)
     if raw is None or raw.strip() == "":
@@ -99,39 +109,49 @@ def _number(environ: Mapping[str, str], variable: str, default, parse, fits, all
     return value
 
 
-def _whole_number(environ: Mapping[str, str], variable: str, default: int,
-                  low: int, high: int) -> int:
-    return _number(environ, variable, default, int, lambda value: low <= value <= high,
-                   f"expected a whole number from {low} to {high}")
+def _whole_number(
+    environ: Mapping[str, str], variable: str, default: int, low: int, high: int
+) -> int:
+    return _number(
+        environ,
+        variable,
+        default,
+        int,
+        lambda value: low <= value <= high,
+        f"expected a whole number from {low} to {high}",
+    )
 
 
-def _seconds(environ: Mapping[str, str], variable: str, default: float,
-             low: float, high: float) -> float:
-    return _number(environ, variable, default, float,
-                   lambda value: low < value <= high,  # also rejects nan
-                   f"expected a number of seconds greater than {low:g} and at most {high:g}")
+def _seconds(
+    environ: Mapping[str, str], variable: str, default: float, low: float, high: float
+) -> float:
+    return _number(
+        environ,
+        variable,
+        default,
+        float,
+        lambda value: low < value <= high,  # also rejects nan
+        f"expected a number of seconds greater than {low:g} and at most {high:g}",
+    )
 
 
 def is_disabled(environ: Mapping[str, str]) -> bool:
     """POOL_DISABLED as a boolean; a value that is neither is an error."""
     raw = environ.get("POOL_DISABLED", "")
-    word = raw.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ConfigError(
-        "POOL_DISABLED", repr(raw), "expected one of 1/true/yes/on or 0/false/no/off"
-    )
+    disabled = words.truth(raw)
+    if disabled is None:
+        raise ConfigError("POOL_DISABLED", repr(raw), words.ALLOWED)
+    return disabled
 
 
 def pool_settings(environ: Mapping[str, str]) -> PoolSettings:
     """Read and check every POOL_* sizing variable; raise ConfigError on the first bad one."""
+    default = PoolSettings()
     return PoolSettings(
-        size=_whole_number(environ, "POOL_SIZE", 5, 1, 1000),
-        max_overflow=_whole_number(environ, "POOL_MAX_OVERFLOW", 0, 0, 1000),
-        timeout=_seconds(environ, "POOL_TIMEOUT", 10.0, 0, 3600),
-        recycle=_whole_number(environ, "POOL_RECYCLE", 3600, 0, 31_536_000),
+        size=_whole_number(environ, "POOL_SIZE", default.size, 1, 1000),
+        max_overflow=_whole_number(environ, "POOL_MAX_OVERFLOW", default.max_overflow, 0, 1000),
+        timeout=_seconds(environ, "POOL_TIMEOUT", default.timeout, 0, 3600),
+        recycle=_whole_number(environ, "POOL_RECYCLE", default.recycle, 0, 31_536_000),
     )
 
 
