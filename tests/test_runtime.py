@@ -451,6 +451,25 @@ def test_pool_disabled_is_silent_and_unpooled(stack, pg, db_env):
 
 # -- the shim ------------------------------------------------------------------
 
+@pytest.mark.parametrize("stack", RUNTIME_STACKS)
+def test_the_stack_runs_the_python_django_and_driver_its_name_says(stack, db_env):
+    # The matrix in docs/compatibility.md is only true if the stacks are what
+    # they are called; a chroot stack's process also keeps its pid (tests look
+    # at worker and backend pids through /proc) and the caller's directory.
+    code = ("import os, sys, django; from django.db.backends.postgresql import psycopg_any\n"
+            "print(sys.version_info[0], sys.version_info[1], *django.VERSION[:2],"
+            " 'psycopg3' if psycopg_any.is_psycopg3 else 'psycopg2', os.getpid(), os.getcwd())")
+    process = subprocess.Popen([str(stacks.python_path(stack)), "-c", code],
+                               env=stacks.stack_env(db_env), cwd=stacks.APP_DIR,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    major, minor, dj_major, dj_minor, driver, pid, cwd = stdout.split()
+    assert (int(major), int(minor)) == stacks.python_version(stack)
+    assert f"dj{dj_major}{dj_minor}-{driver}" in stack
+    assert int(pid) == process.pid
+    assert cwd == str(stacks.APP_DIR)
+
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_shim_imports_neither_django_nor_sqlalchemy(stack, db_env):
     proc = stacks.run_python(
