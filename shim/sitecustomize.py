@@ -5,11 +5,12 @@ imports this file as ``sitecustomize`` at interpreter start. It must stay
 tiny, standard-library only and harmless:
 
 1. run the app's own ``sitecustomize``, if one exists further along sys.path;
-2. do nothing more unless DATABASE_URL is set, POOL_DISABLED is not true,
-   and this is the interpreter djpool was installed for (DJPOOL_PYTHON_PREFIX,
-   when set, must be this interpreter's sys.prefix and hold its executable:
-   the operating system's own python3 started in the same environment is
-   left alone, even with heroku/python's PYTHONHOME exported);
+2. do nothing more unless DATABASE_URL is set, this is the interpreter djpool
+   was installed for (DJPOOL_PYTHON_PREFIX, when set, must be this
+   interpreter's sys.prefix and hold its executable: the operating system's
+   own python3 started in the same environment is left alone, even with
+   heroku/python's PYTHONHOME exported), and POOL_DISABLED is not true;
+   with DJPOOL_DEBUG true, say which of these stopped it;
 3. put djpool (../lib) and its private dependencies (../vendor) at the END
    of sys.path, so the app's own packages always win, and hand over to
    ``djpool.startup``, which registers the import hook that patches Django.
@@ -21,10 +22,24 @@ carries on unpooled.
 import os
 import sys
 
-_TRUE_WORDS = ("1", "true", "yes", "on")
+TYPE_CHECKING = False  # typing's flag, without importing typing at interpreter start
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# djpool.log.PREFIX (a unit test keeps them equal). A copy, because the shim
+# must be able to say why djpool did not load when djpool cannot be imported.
+PREFIX = "djpool: "
 
 
-def _run_original_sitecustomize(here):
+def _say(message: str) -> None:
+    try:
+        sys.stderr.write(PREFIX + message + "\n")
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - stderr may be closed; never the reason to fail
+        pass
+
+
+def _run_original_sitecustomize(here: str) -> None:
     """Find and run the sitecustomize this file shadows, as site.py would have."""
     import importlib.machinery
 
@@ -46,7 +61,7 @@ def _run_original_sitecustomize(here):
         )
 
 
-def _is_target_interpreter(environ):
+def _is_target_interpreter(environ: "Mapping[str, str]") -> bool:
     """True unless DJPOOL_PYTHON_PREFIX names another interpreter's installation.
 
     sys.prefix alone is not enough: heroku/python exports PYTHONHOME, which
@@ -66,18 +81,49 @@ def _is_target_interpreter(environ):
     return any(path.startswith(root + os.sep) for path in candidates for root in roots)
 
 
-def _main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    _run_original_sitecustomize(here)
-    environ = os.environ
+def _is_true(lib: str, raw: "str | None") -> bool:
+    """``raw`` is one of djpool's true words (djpool/words.py, their one home).
+
+    The file is loaded by its path, and only for a value that is not blank:
+    a process that does not pool must not have djpool on sys.path or in
+    sys.modules.
+    """
+    if not raw or not raw.strip():
+        return False
+    from importlib.machinery import SourceFileLoader
+
+    loader = SourceFileLoader("djpool_words", os.path.join(lib, "djpool", "words.py"))
+    words = type(sys)(loader.name)
+    loader.exec_module(words)
+    return words.truth(raw) is True
+
+
+def why_not(environ: "Mapping[str, str]", lib: str) -> "str | None":
+    """Why djpool must not load in this process, or None when it should."""
     if not environ.get("DATABASE_URL", "").strip():
-        return
-    if environ.get("POOL_DISABLED", "").strip().lower() in _TRUE_WORDS:
-        return
+        return "DATABASE_URL is not set"
     if not _is_target_interpreter(environ):
-        return
+        return (
+            f"this interpreter ({sys.executable or 'no executable'}, sys.prefix {sys.prefix}) "
+            f"is not the one djpool was installed for "
+            f"(DJPOOL_PYTHON_PREFIX={environ.get('DJPOOL_PYTHON_PREFIX')})"
+        )
+    if _is_true(lib, environ.get("POOL_DISABLED")):
+        return f"POOL_DISABLED={environ.get('POOL_DISABLED')!r}"
+    return None
+
+
+def main(environ: "Mapping[str, str]", here: str) -> None:
+    """Run the app's sitecustomize, then load djpool unless ``why_not`` says otherwise."""
+    _run_original_sitecustomize(here)
     root = os.path.dirname(here)
-    for extra in (os.path.join(root, "lib"), os.path.join(root, "vendor")):
+    lib = os.path.join(root, "lib")
+    reason = why_not(environ, lib)
+    if reason is not None:
+        if _is_true(lib, environ.get("DJPOOL_DEBUG")):
+            _say(f"not loaded: {reason} (DJPOOL_DEBUG)")
+        return
+    for extra in (lib, os.path.join(root, "vendor")):
         if os.path.isdir(extra) and extra not in sys.path:
             sys.path.append(extra)
     from djpool import startup
@@ -85,12 +131,8 @@ def _main():
     startup.start(environ)
 
 
-try:
-    _main()
-except Exception as _error:  # noqa: BLE001 - never the reason an app fails to start
+if __name__ == "sitecustomize":  # site imports it so; a test may load it under another name
     try:
-        sys.stderr.write(
-            f"djpool: startup failed ({type(_error).__name__}: {_error}); running unpooled\n"
-        )
-    except Exception:  # noqa: BLE001
-        pass
+        main(os.environ, os.path.dirname(os.path.abspath(__file__)))
+    except Exception as _error:  # noqa: BLE001 - never the reason an app fails to start
+        _say(f"startup failed ({type(_error).__name__}: {_error}); running unpooled")

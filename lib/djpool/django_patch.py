@@ -27,16 +27,26 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from django.db.backends.base.base import NO_DB_ALIAS
+
 from djpool import pool as pool_builder
 from djpool.config import PoolSettings
-from djpool.log import say_once
+from djpool.log import warn_once
+from djpool.pool import Pool, PoolExhausted
 from djpool.registry import PoolEntry, PoolRegistry
 
-_CHECKOUT = "_djpool_checkout"  # wrapper attribute: (fairy, PoolEntry) while checked out
-_creating = threading.local()  # the factory for the connection the pool is opening now
+# Attributes djpool keeps on the wrappers it patches (their own __dict__ is
+# the cheapest per-connection store: a WeakKeyDictionary lookup costs ~0.4 µs,
+# a tenth of a whole checkout):
+_CHECKOUT = "_djpool_checkout"  # (fairy, PoolEntry) while checked out
+_LAST_POOL = "_djpool_last_pool"  # _LastPool of the wrapper's last checkout
+
+# What a wrapper's last checkout used: (registry generation, conn_params, extra, entry).
+_LastPool = tuple[int, dict[str, Any], tuple[tuple[str, Any], ...], PoolEntry]
 
 
 class ClosedConnection:
@@ -58,11 +68,6 @@ class ClosedConnection:
         raise self._driver.InterfaceError("connection already closed")
 
 
-def _open_for_pool() -> Any:
-    """The pool's creator: runs Django's own get_new_connection for the current checkout."""
-    return _creating.factory()
-
-
 def with_session_time_zone(wrapper: Any, conn_params: dict[str, Any]) -> dict[str, Any]:
     """Connection parameters that make Django's time zone the session default.
 
@@ -81,160 +86,205 @@ def with_session_time_zone(wrapper: Any, conn_params: dict[str, Any]) -> dict[st
     return {**conn_params, "options": f"{existing} {option}" if existing else option}
 
 
-def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) -> None:
-    """Patch ``base.DatabaseWrapper`` (once) so its connections come from ``registry``'s pools."""
-    wrapper_class = base.DatabaseWrapper
-    if getattr(wrapper_class, "_djpool_patched", False):
-        return
-    from django.core.exceptions import ImproperlyConfigured
-    from django.db.backends.base.base import NO_DB_ALIAS
+def is_pooled(wrapper: Any) -> bool:
+    """False for Django's internal no-database connection and aliases using Django's own pool."""
+    if wrapper.alias == NO_DB_ALIAS:
+        return False
+    if wrapper.settings_dict.get("OPTIONS", {}).get("pool"):
+        warn_once(
+            f"native:{wrapper.alias}",
+            f"database alias {wrapper.alias!r} uses Django's own pool "
+            "(OPTIONS['pool']); djpool leaves it alone",
+        )
+        return False
+    return True
+
+
+def apply_isolation_level(wrapper: Any, connection: Any, levels: Any) -> None:
+    """Put back OPTIONS' isolation level on a reused connection, as get_new_connection does.
+
+    levels: the backend's IsolationLevel enum.
+    """
+    options = wrapper.settings_dict.get("OPTIONS", {})
+    if "isolation_level" in options:
+        value = options["isolation_level"]
+        try:
+            wrapper.isolation_level = levels(value)
+        except ValueError:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                f"Invalid transaction isolation level {value} specified. "
+                "Use one of the psycopg.IsolationLevel values."
+            ) from None
+        connection.isolation_level = wrapper.isolation_level
+    else:
+        wrapper.isolation_level = levels.READ_COMMITTED
+        if connection.isolation_level is not None:
+            # Left by a checkout whose OPTIONS had one: the driver keeps it on
+            # the client side, where DISCARD ALL cannot reach it.
+            connection.isolation_level = None
+
+
+def exhausted_error(alias: str, settings: PoolSettings) -> Exception:
+    """Django's OperationalError for a checkout that waited POOL_TIMEOUT in vain."""
     from django.db.utils import OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-    original_get_new_connection = wrapper_class.get_new_connection
-    original_close = wrapper_class._close
-    isolation_levels = base.IsolationLevel
-    unpoolable: set[str] = set()  # aliases whose pool could not be built
+    error: Exception = OperationalError(
+        f"djpool: connection pool for database alias {alias!r} is exhausted: "
+        f"all {settings.size + settings.max_overflow} connections are in use "
+        f"(POOL_SIZE={settings.size}, POOL_MAX_OVERFLOW={settings.max_overflow}) "
+        f"and none came back within POOL_TIMEOUT={settings.timeout:g}s"
+    )
+    return error
 
-    def is_pooled(wrapper: Any) -> bool:
-        if wrapper.alias == NO_DB_ALIAS:
-            return False
-        if wrapper.settings_dict.get("OPTIONS", {}).get("pool"):
-            say_once(f"native:{wrapper.alias}",
-                     f"database alias {wrapper.alias!r} uses Django's own pool "
-                     "(OPTIONS['pool']); djpool leaves it alone")
-            return False
-        return True
 
-    def make_pool(wrapper: Any) -> Any:
-        driver = wrapper.Database.__name__
-        return pool_builder.build(
-            settings, driver, _open_for_pool,
-            name=wrapper.alias,
-            ping_every_checkout=bool(wrapper.settings_dict.get("CONN_HEALTH_CHECKS")),
-        )
+class PooledConnections:
+    """Where a pooled DatabaseWrapper's connections come from and go back to.
 
-    def pool_entry(wrapper: Any, conn_params: dict[str, Any]) -> PoolEntry | None:
-        """The wrapper's pool, or None (with one line) if no pool can be built for it."""
-        if wrapper.alias in unpoolable:
-            return None
-        try:
-            return registry.get(wrapper.alias, conn_params, lambda: make_pool(wrapper),
-                                extra=(("TimeZone", getattr(wrapper, "timezone_name", None)),),
-                                memo=wrapper.__dict__)
-        except Exception as error:  # noqa: BLE001 - never take the app down
-            unpoolable.add(wrapper.alias)
-            say_once(f"unpoolable:{wrapper.alias}",
-                     f"cannot build a pool for database alias {wrapper.alias!r} "
-                     f"({type(error).__name__}: {error}); running it unpooled")
-            return None
+    registry: the process's pools.
+    connect: Django's own ``get_new_connection``, which opens each physical
+        connection (connect, isolation level, jsonb registration).
+    isolation_levels: the backend's IsolationLevel enum.
+    """
 
-    def checkout(wrapper: Any, entry: PoolEntry,
-                 conn_params: dict[str, Any]) -> tuple[Any, bool]:
-        counters = entry.counters
-        opened = []
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        settings: PoolSettings,
+        connect: Callable[[Any, dict[str, Any]], Any],
+        isolation_levels: Any,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._connect = connect
+        self._isolation_levels = isolation_levels
+        self._unpoolable: set[str] = set()  # aliases whose pool could not be built
+        # Why a thread-local: SQLAlchemy calls a pool's creator with no arguments
+        # of ours, inside pool.connect() on the thread checking out, while the
+        # pool is shared by all threads. Django's get_new_connection needs that
+        # checkout's wrapper (it sets isolation_level on it) and parameters, so
+        # they travel here, set around the checkout.
+        self._opening = threading.local()
 
-        def factory() -> Any:
-            try:
-                connection = original_get_new_connection(
-                    wrapper, with_session_time_zone(wrapper, conn_params))
-            except Exception as error:
-                counters.failed_connect, counters.failed_connect_at = error, time.monotonic()
-                raise
-            opened.append(connection)
-            return connection
-
-        started = time.monotonic()
-        deadline = started + settings.timeout
-        _creating.factory = factory
-        try:
-            while True:
-                try:
-                    fairy = entry.pool.connect()
-                    break
-                except PoolTimeout as error:
-                    failure = counters.failed_connect
-                    if failure is not None and counters.failed_connect_at >= started:
-                        # Another request's connect failed while we waited: the server
-                        # refuses, so say what it said instead of waiting it out.
-                        raise type(failure)(str(failure)) from None
-                    if time.monotonic() >= deadline:
-                        raise exhausted(wrapper.alias) from error
-        finally:
-            _creating.factory = None
-        return fairy, bool(opened) and opened[-1] is fairy.dbapi_connection
-
-    def exhausted(alias: str) -> Exception:
-        return OperationalError(
-            f"djpool: connection pool for database alias {alias!r} is exhausted: "
-            f"all {settings.size + settings.max_overflow} connections are in use "
-            f"(POOL_SIZE={settings.size}, POOL_MAX_OVERFLOW={settings.max_overflow}) "
-            f"and none came back within POOL_TIMEOUT={settings.timeout:g}s"
-        )
-
-    def apply_isolation_level(wrapper: Any, connection: Any) -> None:
-        # Mirrors what get_new_connection does on a fresh connection.
-        options = wrapper.settings_dict.get("OPTIONS", {})
-        if "isolation_level" in options:
-            value = options["isolation_level"]
-            try:
-                wrapper.isolation_level = isolation_levels(value)
-            except ValueError:
-                raise ImproperlyConfigured(
-                    f"Invalid transaction isolation level {value} specified. "
-                    "Use one of the psycopg.IsolationLevel values."
-                ) from None
-            connection.isolation_level = wrapper.isolation_level
-        else:
-            wrapper.isolation_level = isolation_levels.READ_COMMITTED
-            if connection.isolation_level is not None:
-                # Left by a checkout whose OPTIONS had one: the driver keeps it on
-                # the client side, where DISCARD ALL cannot reach it.
-                connection.isolation_level = None
-
-    @functools.wraps(original_get_new_connection)
-    def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
-        if not is_pooled(self):
-            return original_get_new_connection(self, conn_params)
-        max_age = self.settings_dict.get("CONN_MAX_AGE", 0)
+    def open(self, wrapper: Any, conn_params: dict[str, Any]) -> Any | None:
+        """A pooled driver connection for ``wrapper``; None if it cannot be pooled."""
+        max_age = wrapper.settings_dict.get("CONN_MAX_AGE", 0)
         if max_age != 0:
-            say_once(f"max_age:{self.alias}",
-                     f"database alias {self.alias!r} sets CONN_MAX_AGE={max_age!r}; "
-                     "djpool treats it as 0: the connection goes back to the pool at the "
-                     "end of each request and the pool keeps it open")
-        entry = pool_entry(self, conn_params)
+            warn_once(
+                f"max_age:{wrapper.alias}",
+                f"database alias {wrapper.alias!r} sets CONN_MAX_AGE={max_age!r}; "
+                "djpool treats it as 0: the connection goes back to the pool at the "
+                "end of each request and the pool keeps it open",
+            )
+        entry = self._entry(wrapper, conn_params)
         if entry is None:
-            return original_get_new_connection(self, conn_params)
-        self.close_at = time.monotonic()  # CONN_MAX_AGE=0: return it when the request ends
-        fairy, fresh = checkout(self, entry, conn_params)
+            return None
+        wrapper.close_at = time.monotonic()  # CONN_MAX_AGE=0: return it when the request ends
+        opening = self._opening
+        opening.request, opening.opened = (wrapper, conn_params), None
+        try:
+            fairy = entry.pool.checkout()
+        except PoolExhausted as error:
+            raise exhausted_error(wrapper.alias, self._settings) from error
+        finally:
+            opened, opening.request, opening.opened = opening.opened, None, None
         connection = fairy.dbapi_connection
-        if not fresh:
+        if opened is not connection:  # reused: DISCARD ALL cannot reach this setting
             try:
-                apply_isolation_level(self, connection)
+                apply_isolation_level(wrapper, connection, self._isolation_levels)
             except BaseException:
                 fairy.close()  # Django never got it: give it back before failing
                 raise
-        setattr(self, _CHECKOUT, (fairy, entry))
-        registry.hold(self)
+        wrapper.__dict__[_CHECKOUT] = (fairy, entry)
+        self._registry.hold(wrapper)
         return connection
 
-    @functools.wraps(original_close)
-    def _close(self: Any) -> Any:
-        held = self.__dict__.pop(_CHECKOUT, None)
+    def close(self, wrapper: Any) -> bool:
+        """Give ``wrapper``'s pooled connection back; False if it holds none."""
+        held = wrapper.__dict__.pop(_CHECKOUT, None)
         if held is None:
-            return original_close(self)
+            return False
         fairy, entry = held
         # The connection may be someone else's the moment it is back, so Django
         # gets a stand-in that behaves as the closed connection its own _close()
         # would leave: inside an atomic block Django keeps it, so the rest of the
         # block fails instead of reconnecting and autocommitting; outside, its
         # close() replaces it with None right after.
-        self.connection = ClosedConnection(self.Database)
-        if registry.is_retired(entry.pool):
+        wrapper.connection = ClosedConnection(wrapper.Database)
+        if self._registry.is_retired(entry.pool):
             fairy.invalidate()  # its pool was disposed: close instead of returning
         else:
             fairy.close()  # back to the pool; the reset event cleans it or discards it
-        return None
+        return True
+
+    def _entry(self, wrapper: Any, conn_params: dict[str, Any]) -> PoolEntry | None:
+        """The wrapper's pool, or None (with one line) if no pool can be built for it."""
+        extra = (("TimeZone", getattr(wrapper, "timezone_name", None)),)
+        generation = self._registry.generation
+        # The wrapper's last pool: building the pool key costs more than the rest
+        # of a checkout, so it is skipped while nothing changed.
+        last: _LastPool | None = wrapper.__dict__.get(_LAST_POOL)
+        if (
+            last is not None
+            and last[0] == generation
+            and last[2] == extra
+            and last[1] == conn_params
+        ):
+            return last[3]
+        if wrapper.alias in self._unpoolable:
+            return None
+        try:
+            entry = self._registry.get(
+                wrapper.alias, conn_params, lambda: self._build(wrapper), extra
+            )
+        except Exception as error:  # noqa: BLE001 - never take the app down
+            self._unpoolable.add(wrapper.alias)
+            warn_once(
+                f"unpoolable:{wrapper.alias}",
+                f"cannot build a pool for database alias {wrapper.alias!r} "
+                f"({type(error).__name__}: {error}); running it unpooled",
+            )
+            return None
+        wrapper.__dict__[_LAST_POOL] = (generation, dict(conn_params), extra, entry)
+        return entry
+
+    def _build(self, wrapper: Any) -> Pool:
+        return pool_builder.build(
+            self._settings,
+            wrapper.Database.__name__,
+            self._open_for_pool,
+            name=wrapper.alias,
+            ping_every_checkout=bool(wrapper.settings_dict.get("CONN_HEALTH_CHECKS")),
+        )
+
+    def _open_for_pool(self) -> Any:
+        """The pools' creator: Django's own get_new_connection for this thread's checkout."""
+        wrapper, conn_params = self._opening.request
+        connection = self._connect(wrapper, with_session_time_zone(wrapper, conn_params))
+        self._opening.opened = connection
+        return connection
+
+
+def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) -> None:
+    """Patch ``base.DatabaseWrapper`` (once) so its connections come from ``registry``'s pools."""
+    wrapper_class = base.DatabaseWrapper
+    if getattr(wrapper_class, "_djpool_patched", False):
+        return
+    original_get_new_connection = wrapper_class.get_new_connection
+    original_close = wrapper_class._close
+    pooled = PooledConnections(registry, settings, original_get_new_connection, base.IsolationLevel)
+
+    @functools.wraps(original_get_new_connection)
+    def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
+        connection = pooled.open(self, conn_params) if is_pooled(self) else None
+        if connection is None:
+            return original_get_new_connection(self, conn_params)
+        return connection
+
+    @functools.wraps(original_close)
+    def _close(self: Any) -> Any:
+        return None if pooled.close(self) else original_close(self)
 
     wrapper_class.get_new_connection = get_new_connection
     wrapper_class._close = _close
@@ -253,7 +303,7 @@ def disown(wrapper: Any) -> list[Any]:
     return [c for c in (connection, fairy) if c is not None]
 
 
-def _patch_test_database_creation(creation_class: type, registry: PoolRegistry) -> None:
+def _patch_test_database_creation(creation_class: Any, registry: PoolRegistry) -> None:
     """Dispose a database's pools before Django creates, clones or drops it.
 
     Idle pooled connections would otherwise make PostgreSQL refuse with

@@ -6,20 +6,18 @@ consumed and the reset left no LISTEN behind. If the server closes it
 socket readable (the FATAL message, then EOF). So a zero-timeout poll() of
 the socket is the liveness check; a real ping (SELECT 1) is spent only when
 the socket shows something, or after a long idle in which a silent network
-failure could have happened. A failed ping raises DisconnectionError, which
-tells SQLAlchemy to discard the connection and hand out a fresh one.
+failure could have happened. A connection found dead is refused at checkout
+(``pool.build`` raises SQLAlchemy's DisconnectionError, which discards it and
+hands out another). Standard library only: the socket check is tested with
+pipes in the fast tier.
 """
 
 from __future__ import annotations
 
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
-
-from sqlalchemy.exc import DisconnectionError
-
-from djpool import reset
 
 PING_AFTER_IDLE_SECONDS = 60.0
 _CHECKED_IN_AT = "djpool_checked_in_at"
@@ -56,31 +54,22 @@ def ping(dbapi_connection: Any) -> bool:
         return False
 
 
-def checkout_check(ping_every_checkout: bool) -> Callable[[Any, Any, Any], None]:
-    """A SQLAlchemy ``checkout`` listener that refuses connections the server dropped.
+def is_alive(dbapi_connection: Any, info: Mapping[str, Any], ping_every_checkout: bool) -> bool:
+    """At checkout: False if the server dropped this pooled connection.
 
+    info: the pool record's dict (``on_checkin`` stamps it).
     ping_every_checkout: what Django's CONN_HEALTH_CHECKS=True asks for, a
         round trip before every reuse. Off (the default), only the socket check
         and the idle ping run.
     """
-
-    def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
-        try:
-            reset.finish(dbapi_connection, connection_record.info)  # read the reset's answer
-        except reset.ResetFailed as error:
-            raise DisconnectionError(f"djpool: the reset of a pooled connection failed: "
-                                     f"{error}") from error
-        checked_in_at = connection_record.info.get(_CHECKED_IN_AT)
-        if checked_in_at is None:
-            return  # opened for this checkout: nothing to check
-        if not ping_every_checkout:
-            idle = time.monotonic() - checked_in_at
-            if idle < PING_AFTER_IDLE_SECONDS and not socket_has_news(dbapi_connection):
-                return
-        if not ping(dbapi_connection):
-            raise DisconnectionError("djpool: pooled connection was closed by the server")
-
-    return on_checkout
+    checked_in_at = info.get(_CHECKED_IN_AT)
+    if checked_in_at is None:
+        return True  # opened for this checkout: nothing to check
+    if not ping_every_checkout:
+        idle = time.monotonic() - checked_in_at
+        if idle < PING_AFTER_IDLE_SECONDS and not socket_has_news(dbapi_connection):
+            return True
+    return ping(dbapi_connection)
 
 
 def on_checkin(dbapi_connection: Any, connection_record: Any) -> None:

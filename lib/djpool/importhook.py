@@ -9,11 +9,11 @@ happens, and patches it then. Standard library only.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from djpool.log import say
+from djpool.log import warn
 
 Callback = Callable[[ModuleType], None]
 
@@ -30,14 +30,14 @@ class _PatchingLoader:
         self._loader = loader
         self._callback = callback
 
-    def create_module(self, spec: Any) -> ModuleType | None:
+    def create_module(self, spec: Any) -> Any:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)
         _run(self._callback, module)
 
-    def __getattr__(self, name: str):  # get_source, get_code, is_package, ...
+    def __getattr__(self, name: str) -> Any:  # get_source, get_code, is_package, ...
         return getattr(self._loader, name)
 
 
@@ -48,9 +48,12 @@ class _PostImportFinder:
         self.name = name
         self.callback = callback
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib API
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> Any:
         if fullname != self.name:
             return None
+        spec: Any = None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
@@ -70,8 +73,9 @@ def _run(callback: Callback, module: ModuleType) -> None:
     try:
         callback(module)
     except Exception as error:  # noqa: BLE001 - the hook must never break an import
-        say(f"could not patch {module.__name__} ({type(error).__name__}: {error}); "
-            "running unpooled")
+        warn(
+            f"could not patch {module.__name__} ({type(error).__name__}: {error}); running unpooled"
+        )
 
 
 def when_imported(name: str, callback: Callback) -> None:

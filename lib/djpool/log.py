@@ -1,10 +1,31 @@
-"""One place that writes djpool's lines, so every line carries the same prefix."""
+"""Where djpool's lines go, and the one place that decides their ``djpool: `` prefix.
+
+Two channels, by when a line is written:
+
+- ``say``: the start-up line (and why start-up gave up), straight to stderr.
+  It is written at interpreter start, before the app configured logging,
+  and importing ``logging`` there would cost every Python process
+  milliseconds.
+- ``warn`` / ``warn_once``: everything at runtime, through the ``djpool``
+  logger, so an app routes it by naming ``"djpool"`` in Django's LOGGING.
+  If nothing configured that logger by its first warning, it gets one
+  stderr handler that adds the prefix, and it does not propagate (root's
+  handlers would print the line twice).
+"""
 
 from __future__ import annotations
 
 import sys
 
+TYPE_CHECKING = False  # typing's flag, without importing typing at interpreter start
+if TYPE_CHECKING:
+    import logging
+
 PREFIX = "djpool: "
+LOGGER_NAME = "djpool"
+
+_logger: logging.Logger | None = None
+_warned: set[str] = set()
 
 
 def say(message: str) -> None:
@@ -16,12 +37,31 @@ def say(message: str) -> None:
         pass
 
 
-_said_once: set[str] = set()
+def warn(message: str) -> None:
+    """A runtime warning on the ``djpool`` logger (logging reports its own errors, never raises)."""
+    logger().warning(message)
 
 
-def say_once(key: str, message: str) -> None:
-    """Like say(), but only the first time ``key`` is seen in this process."""
-    if key in _said_once:
+def warn_once(key: str, message: str) -> None:
+    """Like warn(), but only the first time ``key`` is seen in this process."""
+    if key in _warned:
         return
-    _said_once.add(key)
-    say(message)
+    _warned.add(key)
+    warn(message)
+
+
+def logger() -> logging.Logger:
+    """The ``djpool`` logger, given a stderr handler on first use unless the app configured it."""
+    global _logger
+    if _logger is None:
+        import logging
+
+        configured = isinstance(logging.Logger.manager.loggerDict.get(LOGGER_NAME), logging.Logger)
+        found = logging.getLogger(LOGGER_NAME)
+        if not configured:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter(PREFIX + "%(message)s"))
+            found.addHandler(handler)
+            found.propagate = False
+        _logger = found
+    return _logger

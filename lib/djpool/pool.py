@@ -1,41 +1,132 @@
-"""Build one SQLAlchemy QueuePool for one database, wired with djpool's events.
+"""One database's pool: SQLAlchemy's QueuePool wired with djpool's events, and the checkout.
 
-The pool owns physical connections; Django only ever sees the raw driver
+The QueuePool owns physical connections; Django only ever sees the raw driver
 connection of a checked-out one. Extension happens through SQLAlchemy's pool
-events (``reset`` on every return, ``checkout`` for liveness, ``checkin`` to
-stamp idle time, ``connect`` for counters), never by subclassing.
+events (``reset`` on every return, ``checkout`` to finish the reset and check
+health, ``checkin`` to stamp idle time, ``connect``/``invalidate`` to count),
+never by subclassing. How long a checkout waits, and when it gives up, is
+decided in one place: ``Pool.checkout``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from threading import get_ident
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
 from djpool import health, reset
 from djpool.config import PoolSettings
+from djpool.counters import PoolCounters
 
 _DIALECTS: dict[str, Any] = {}
 
 # How long one wait inside SQLAlchemy lasts. A waiter wakes at once when a
 # connection comes back; the slice only bounds how late it notices that a
 # concurrent connect failed (SQLAlchemy does not wake waiters for that).
-# The caller loops until POOL_TIMEOUT (see django_patch.checkout).
+# Pool.checkout loops over slices until POOL_TIMEOUT.
 WAIT_SLICE_SECONDS = 0.1
 
 
-@dataclass
-class PoolCounters:
-    """Plain counters, cheap to keep and easy to read in tests and logs."""
+class PoolExhausted(Exception):
+    """No connection came back within POOL_TIMEOUT (the caller words the error for its users)."""
 
-    connects: int = 0
-    checkouts: int = 0
-    invalidated: int = 0
-    failed_connect_at: float = float("-inf")  # time.monotonic() of the last failed connect
-    failed_connect: BaseException | None = None
+
+class ConnectFailure:
+    """The last failed attempt to open a connection, for waiters to see.
+
+    Kept apart from the counters: it is not a statistic but the reason a
+    waiting checkout gives up early (the server refuses, so waiting it out
+    would only delay the same error).
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[float, BaseException] | None = None
+
+    def record(self, error: BaseException) -> None:
+        self._last = (time.monotonic(), error)  # one assignment: readers never see half of it
+
+    def since(self, started: float) -> BaseException | None:
+        """The failure if one happened at or after ``started`` (time.monotonic())."""
+        last = self._last
+        return last[1] if last is not None and last[0] >= started else None
+
+
+@dataclass(eq=False)
+class Pool:
+    """A QueuePool with its settings, counters and the checkout's waiting rule."""
+
+    queue_pool: QueuePool
+    settings: PoolSettings
+    counters: PoolCounters = field(default_factory=PoolCounters)
+    connect_failure: ConnectFailure = field(default_factory=ConnectFailure, repr=False)
+
+    def checkout(self) -> Any:
+        """A connection (SQLAlchemy's proxy of it), waiting at most POOL_TIMEOUT for one.
+
+        Raises PoolExhausted when none came back in time, or the error of a
+        connect that failed while this checkout waited.
+        """
+        counters = self.counters
+        started = time.monotonic()
+        deadline = started + self.settings.timeout
+        waiting, me = counters.waiting, get_ident()
+        waiting.add(me)  # inline, not a method: this runs on every request
+        try:
+            while True:
+                try:
+                    fairy = self.queue_pool.connect()
+                    break
+                except PoolTimeout as error:
+                    failure = self.connect_failure.since(started)
+                    if failure is not None:
+                        raise type(failure)(str(failure)) from None
+                    if time.monotonic() >= deadline:
+                        counters.timeouts += 1
+                        raise PoolExhausted(self.settings) from error
+        finally:
+            waiting.discard(me)
+        counters.waits.add(time.monotonic() - started)
+        return fairy
+
+    def stats(self, reset_waits: bool = False) -> dict[str, Any]:
+        """Settings, state now, totals and recent waits, as one plain dict."""
+        queue_pool = self.queue_pool
+        return {
+            "size": self.settings.size,
+            "max_overflow": self.settings.max_overflow,
+            "checked_out": queue_pool.checkedout(),
+            "idle": queue_pool.checkedin(),
+            "overflow": max(0, queue_pool.overflow()),
+            **self.counters.totals(),
+            **self.counters.waits.summary(reset=reset_waits),
+        }
+
+    def idle_connections(self) -> list[Any]:
+        """The driver connections waiting in the pool, read without checking them out.
+
+        The one place that reads SQLAlchemy's private queue: a forked child
+        must find its parent's idle connections without touching them.
+        """
+        queue = getattr(self.queue_pool, "_pool", None)
+        records = list(getattr(queue, "queue", ()))
+        return [
+            record.dbapi_connection for record in records if record.dbapi_connection is not None
+        ]
+
+    def status(self) -> str:
+        """SQLAlchemy's one-line status of the pool."""
+        return str(self.queue_pool.status())
+
+    def dispose(self) -> None:
+        """Close the idle connections; checked-out ones are closed when they come back."""
+        self.queue_pool.dispose()
 
 
 def dialect_for(driver: str) -> Any:
@@ -47,32 +138,54 @@ def dialect_for(driver: str) -> Any:
     """
     if driver not in _DIALECTS:
         try:
-            if driver == "psycopg2":
-                from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2 as cls
-            elif driver == "psycopg":
-                from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg as cls
-            else:
-                raise ValueError(f"unsupported PostgreSQL driver {driver!r}")
+            cls = _dialect_class(driver)
         except ImportError:
             _DIALECTS[driver] = None
         else:
             # SQLAlchemy 2.x names the loader import_dbapi(); 1.4 names it dbapi().
-            load_dbapi = getattr(cls, "import_dbapi", None) or cls.dbapi
+            load_dbapi: Any = getattr(cls, "import_dbapi", None) or cls.dbapi
             _DIALECTS[driver] = cls(dbapi=load_dbapi())
     return _DIALECTS[driver]
 
 
-def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
-          name: str, ping_every_checkout: bool = False) -> tuple[QueuePool, PoolCounters]:
-    """A QueuePool sized by ``settings`` whose connections come from ``creator``.
+def _dialect_class(driver: str) -> Any:
+    if driver == "psycopg2":
+        from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+        return PGDialect_psycopg2
+    if driver == "psycopg":
+        from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+        return PGDialect_psycopg
+    raise ValueError(f"unsupported PostgreSQL driver {driver!r}")
+
+
+def build(
+    settings: PoolSettings,
+    driver: str,
+    creator: Callable[[], Any],
+    *,
+    name: str,
+    ping_every_checkout: bool = False,
+) -> Pool:
+    """A Pool sized by ``settings`` whose connections come from ``creator``.
 
     ping_every_checkout: one round trip before every reuse, what Django's
         CONN_HEALTH_CHECKS=True asks for. Off, the cheap socket check in
         ``health`` still catches connections the server closed.
     """
+    failure = ConnectFailure()
+
+    def connect() -> Any:
+        try:
+            return creator()
+        except Exception as error:
+            failure.record(error)
+            raise
+
     dialect = dialect_for(driver)
-    pool = QueuePool(
-        creator,
+    queue_pool = QueuePool(
+        connect,
         pool_size=settings.size,
         max_overflow=settings.max_overflow,
         timeout=min(settings.timeout, WAIT_SLICE_SECONDS),
@@ -82,23 +195,40 @@ def build(settings: PoolSettings, driver: str, creator: Callable[[], Any], *,
         logging_name=name,
         **({"dialect": dialect} if dialect is not None else {}),
     )
-    counters = PoolCounters()
+    pool = Pool(queue_pool, settings, connect_failure=failure)
+    _listen(queue_pool, pool.counters, ping_every_checkout)
+    return pool
 
-    def count_connect(dbapi_connection: Any, connection_record: Any) -> None:
-        counters.connects += 1
 
-    check = health.checkout_check(ping_every_checkout)
+def _listen(queue_pool: QueuePool, counters: PoolCounters, ping_every_checkout: bool) -> None:
+    """Wire djpool's events: reset at checkin; at checkout finish it, check health, count."""
 
     def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
-        check(dbapi_connection, connection_record, proxy)  # raises for a dead connection
-        counters.checkouts += 1  # one listener, not two: each costs a dispatch per checkout
+        # One listener, not three: each costs a dispatch per checkout.
+        info = connection_record.info
+        try:
+            reset.finish(dbapi_connection, info)  # read the answer of the DISCARD ALL sent
+        except reset.ResetFailed as error:
+            counters.reset_failures += 1
+            raise DisconnectionError(
+                f"djpool: the reset of a pooled connection failed: {error}"
+            ) from error
+        if not health.is_alive(dbapi_connection, info, ping_every_checkout):
+            raise DisconnectionError("djpool: pooled connection was closed by the server")
+        counters.checkouts += 1
 
-    def count_invalidate(dbapi_connection: Any, connection_record: Any, error: Any) -> None:
+    def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> None:
+        if not reset.on_reset(dbapi_connection, connection_record, reset_state):
+            counters.reset_failures += 1
+
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        counters.connects += 1
+
+    def on_invalidate(dbapi_connection: Any, connection_record: Any, error: Any) -> None:
         counters.invalidated += 1
 
-    event.listen(pool, "connect", count_connect)
-    event.listen(pool, "checkout", on_checkout)
-    event.listen(pool, "checkin", health.on_checkin)
-    event.listen(pool, "reset", reset.on_reset)
-    event.listen(pool, "invalidate", count_invalidate)
-    return pool, counters
+    event.listen(queue_pool, "connect", on_connect)
+    event.listen(queue_pool, "checkout", on_checkout)
+    event.listen(queue_pool, "checkin", health.on_checkin)
+    event.listen(queue_pool, "reset", on_reset)
+    event.listen(queue_pool, "invalidate", on_invalidate)

@@ -18,30 +18,47 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.pool import QueuePool
-
-from djpool.pool import PoolCounters
+if TYPE_CHECKING:
+    from djpool.counters import PoolCounters
+    from djpool.pool import Pool
 
 PoolKey = tuple[str, tuple[tuple[str, Any], ...]]
-_MEMO = "_djpool_last_pool"  # key in a caller's memo dict: (generation, params, extra, entry)
 
 
-@dataclass
+@dataclass(eq=False)
 class PoolEntry:
     """A pool with what it was built for."""
 
     alias: str
     dbname: str
-    pool: QueuePool
-    counters: PoolCounters
+    host: str
+    pool: Pool
+
+    @property
+    def counters(self) -> PoolCounters:
+        return self.pool.counters
+
+    def stats(self, reset_waits: bool = False) -> dict[str, Any]:
+        """This pool's identity, settings, state, totals and recent waits (``djpool.stats()``)."""
+        return {
+            "alias": self.alias,
+            "database": self.dbname,
+            "host": self.host,
+            **self.pool.stats(reset_waits),
+        }
+
+    def idle_connections(self) -> list[Any]:
+        """The driver connections waiting in the pool now (for inspection; never use them)."""
+        return self.pool.idle_connections()
 
 
-def pool_key(alias: str, conn_params: Mapping[str, Any],
-             extra: tuple[tuple[str, Any], ...] = ()) -> PoolKey:
+def pool_key(
+    alias: str, conn_params: Mapping[str, Any], extra: tuple[tuple[str, Any], ...] = ()
+) -> PoolKey:
     """A hashable key for (alias, parameters, extra).
 
     Values compared only by identity (instances without their own __eq__,
@@ -54,7 +71,7 @@ def pool_key(alias: str, conn_params: Mapping[str, Any],
     items = []
     for name in sorted(conn_params):
         value = conn_params[name]
-        if not isinstance(value, type) and type(value).__eq__ is object.__eq__:
+        if not isinstance(value, type) and _compares_by_identity(value):
             value = f"<{type(value).__module__}.{type(value).__qualname__}>"
         else:
             try:
@@ -65,42 +82,35 @@ def pool_key(alias: str, conn_params: Mapping[str, Any],
     return alias, tuple(items) + tuple(extra)
 
 
+def _compares_by_identity(value: object) -> bool:
+    equals: object = type(value).__eq__
+    return equals is object.__eq__
+
+
 class PoolRegistry:
     """The process's pools, created on first use, thread-safe, reset in forked children."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pools: dict[PoolKey, PoolEntry] = {}
-        self._retired: weakref.WeakSet[QueuePool] = weakref.WeakSet()
+        self._retired: weakref.WeakSet[Pool] = weakref.WeakSet()
         self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
         self._inherited: list[Any] = []  # kept alive in a child, never used or freed
-        self._generation = 0  # bumped whenever pools are dropped: memos older than it are stale
+        self._generation = 0
 
-    def get(self, alias: str, conn_params: Mapping[str, Any],
-            make: Callable[[], tuple[QueuePool, PoolCounters]],
-            extra: tuple[tuple[str, Any], ...] = (),
-            memo: MutableMapping[str, Any] | None = None) -> PoolEntry:
-        """The pool for these parameters, built by ``make`` the first time.
+    @property
+    def generation(self) -> int:
+        """Bumped whenever pools are dropped: an entry remembered at an older one may be gone."""
+        return self._generation
 
-        memo: a dict the caller keeps per connection (the Django wrapper's
-            ``__dict__``). When the parameters equal the last ones seen there
-            and no pool was dropped since, the last answer is reused without
-            building the key, which costs more than the rest of a checkout.
-        """
-        if memo is not None:
-            last = memo.get(_MEMO)
-            if (last is not None and last[0] == self._generation
-                    and last[2] == extra and last[1] == conn_params):
-                return last[3]
-        generation = self._generation
-        entry = self._lookup(alias, conn_params, make, extra)
-        if memo is not None:
-            memo[_MEMO] = (generation, dict(conn_params), extra, entry)
-        return entry
-
-    def _lookup(self, alias: str, conn_params: Mapping[str, Any],
-                make: Callable[[], tuple[QueuePool, PoolCounters]],
-                extra: tuple[tuple[str, Any], ...]) -> PoolEntry:
+    def get(
+        self,
+        alias: str,
+        conn_params: Mapping[str, Any],
+        make: Callable[[], Pool],
+        extra: tuple[tuple[str, Any], ...] = (),
+    ) -> PoolEntry:
+        """The pool for these parameters, built by ``make`` the first time."""
         key = pool_key(alias, conn_params, extra)
         entry = self._pools.get(key)
         if entry is not None:
@@ -108,16 +118,20 @@ class PoolRegistry:
         with self._lock:
             entry = self._pools.get(key)
             if entry is None:
-                pool, counters = make()
-                dbname = str(conn_params.get("dbname") or conn_params.get("database") or "")
-                entry = self._pools[key] = PoolEntry(alias, dbname, pool, counters)
+                dbname = conn_params.get("dbname") or conn_params.get("database") or ""
+                entry = PoolEntry(alias, str(dbname), str(conn_params.get("host") or ""), make())
+                self._pools[key] = entry
             return entry
 
     def entries(self) -> list[PoolEntry]:
         """A snapshot of the live pools."""
         return list(self._pools.values())
 
-    def is_retired(self, pool: QueuePool) -> bool:
+    def stats(self, reset_waits: bool = False) -> list[dict[str, Any]]:
+        """One plain dict per live pool: see ``PoolEntry.stats``."""
+        return [entry.stats(reset_waits) for entry in self.entries()]
+
+    def is_retired(self, pool: Pool) -> bool:
         """True for a pool that was disposed: connections coming back to it are closed."""
         return pool in self._retired
 
@@ -138,7 +152,7 @@ class PoolRegistry:
             self._generation += 1
         self._retire(entry.pool for entry in entries)
 
-    def _retire(self, pools: Iterable[QueuePool]) -> None:
+    def _retire(self, pools: Iterable[Pool]) -> None:
         for pool in pools:
             self._retired.add(pool)
             pool.dispose()
@@ -161,7 +175,7 @@ class PoolRegistry:
         self._generation += 1
         connections: list[Any] = []
         for entry in inherited:
-            connections.extend(_idle_connections(entry.pool))
+            connections.extend(entry.idle_connections())
         for wrapper in list(self._holders):
             connections.extend(disown(wrapper))
         self._holders = weakref.WeakSet()
@@ -169,13 +183,6 @@ class PoolRegistry:
             _neutralise_socket(connection)
         self._inherited.extend(inherited)
         self._inherited.extend(connections)
-
-
-def _idle_connections(pool: QueuePool) -> list[Any]:
-    """The driver connections waiting in a pool's queue (read without checking them out)."""
-    queue = getattr(pool, "_pool", None)
-    records = list(getattr(queue, "queue", ()))
-    return [record.dbapi_connection for record in records if record.dbapi_connection is not None]
 
 
 def _neutralise_socket(connection: Any) -> None:

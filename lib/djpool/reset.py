@@ -10,12 +10,11 @@ SQLAlchemy invalidates the connection: it is closed, never reused.
 
 from __future__ import annotations
 
-import logging
 import select
 from collections.abc import MutableMapping
 from typing import Any
 
-logger = logging.getLogger("djpool")
+from djpool.log import warn
 
 TRANSACTION_IDLE = 0  # libpq PQTRANS_IDLE, the same number in psycopg2 and psycopg 3
 COMMAND_OK = 1  # libpq PGRES_COMMAND_OK
@@ -106,8 +105,8 @@ def _forget_client_side_state(dbapi_connection: Any) -> None:
             del queue[:]
 
 
-def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> None:
-    """SQLAlchemy ``reset`` event: runs on every return to the pool.
+def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> bool:
+    """SQLAlchemy ``reset`` event: runs on every return to the pool; False if the reset failed.
 
     SQLAlchemy 2.x passes the driver connection and a reset state; 1.4 passes
     its proxy and no state, so unwrap it (setting autocommit on the proxy
@@ -116,12 +115,15 @@ def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = N
     warning, instead of SQLAlchemy's traceback for every failed reset.
     """
     if reset_state is not None and reset_state.terminate_only:
-        return  # the connection is being closed anyway
+        return True  # the connection is being closed anyway
     try:
-        clean(getattr(dbapi_connection, "dbapi_connection", dbapi_connection),
-              getattr(connection_record, "info", None))
+        clean(
+            getattr(dbapi_connection, "dbapi_connection", dbapi_connection),
+            getattr(connection_record, "info", None),
+        )
     except Exception as error:  # noqa: BLE001 - whatever failed, never reuse it
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        logger.warning("djpool: discarded a pooled connection whose reset failed (%s: %s)",
-                       type(error).__name__, reason)
+        warn(f"discarded a pooled connection whose reset failed ({type(error).__name__}: {reason})")
         connection_record.invalidate(error)
+        return False
+    return True

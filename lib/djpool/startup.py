@@ -16,12 +16,16 @@ from types import ModuleType
 
 from djpool import config as config_module
 from djpool.importhook import when_imported
-from djpool.log import say
+from djpool.log import say, warn
+
+TYPE_CHECKING = False  # typing's flag, without importing typing at interpreter start
+if TYPE_CHECKING:
+    from djpool.registry import PoolRegistry
 
 TARGET_MODULE = "django.db.backends.postgresql.base"
 MIN_SQLALCHEMY = (1, 4)
 
-_registry = None  # the process's PoolRegistry once the patch is in
+_registry: PoolRegistry | None = None  # the process's pools once the patch is in
 
 
 def start(environ: Mapping[str, str]) -> bool:
@@ -67,21 +71,21 @@ def _install(base: ModuleType, config: config_module.Config) -> None:
 
     version = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2])
     if version < MIN_SQLALCHEMY:
-        say(f"SQLAlchemy {sqlalchemy.__version__} is installed; djpool needs 1.4 or later; "
-            "running unpooled")
+        warn(
+            f"SQLAlchemy {sqlalchemy.__version__} is installed; djpool needs 1.4 or later; "
+            "running unpooled"
+        )
         return
     from djpool import django_patch
     from djpool.registry import PoolRegistry
 
-    registry = PoolRegistry()
-    django_patch.install(base, registry, config.pool)
-    _registry = registry
-    os.register_at_fork(
-        after_in_child=lambda: registry.after_fork_in_child(django_patch.disown)
-    )
-    atexit.register(registry.dispose_all)
+    pools = PoolRegistry()
+    django_patch.install(base, pools, config.pool)
+    _registry = pools
+    os.register_at_fork(after_in_child=lambda: pools.after_fork_in_child(django_patch.disown))
+    atexit.register(pools.dispose_all)
 
 
-def registry():
+def registry() -> PoolRegistry | None:
     """The live PoolRegistry (None until Django's PostgreSQL backend was imported)."""
     return _registry

@@ -44,11 +44,12 @@ def pool(request):
     """This worker's pools: {"pid": worker pid, "pools": [...]}, "pools" null without djpool.
 
     Per pool: alias, dbname, size, checkedin, checkedout, overflow (SQLAlchemy's
-    own counts), connects, checkouts, invalidated (djpool's counters) and
-    idle_backend_pids, the server pids of the connections waiting in the pool,
-    and idle_broken, how many of those the driver knows to be closed or lost.
-    With ?repr=1 also the repr() of the registry, the entry and the pool, and
-    the pool's status() line, which the security tests search for passwords.
+    count: connections open minus size), connects, checkouts, invalidated (from
+    djpool's stats), idle_backend_pids, the server pids of the connections
+    waiting in the pool, and idle_broken, how many of those the driver knows to
+    be closed or lost. With ?repr=1 also the repr() of the registry, the entry
+    and the pool, and the pool's status() line, which the security tests search
+    for passwords.
     """
     startup = sys.modules.get("djpool.startup")
     registry = startup.registry() if startup is not None else None
@@ -57,25 +58,28 @@ def pool(request):
     with_repr = request.GET.get("repr") == "1"
     pools = []
     for entry in registry.entries():
-        queue = getattr(entry.pool, "_pool", None)  # SQLAlchemy's queue of idle records
-        records = [record for record in list(getattr(queue, "queue", ()))
-                   if record.dbapi_connection is not None]
+        stats = entry.stats()
+        idle = entry.idle_connections()
         shown = {
-            "alias": entry.alias,
-            "dbname": entry.dbname,
-            "size": entry.pool.size(),
-            "checkedin": entry.pool.checkedin(),
-            "checkedout": entry.pool.checkedout(),
-            "overflow": entry.pool.overflow(),
-            "connects": entry.counters.connects,
-            "checkouts": entry.counters.checkouts,
-            "invalidated": entry.counters.invalidated,
-            "idle_backend_pids": [_backend_pid_of(record.dbapi_connection) for record in records],
-            "idle_broken": sum(1 for record in records if _is_broken(record.dbapi_connection)),
+            "alias": stats["alias"],
+            "dbname": stats["database"],
+            "size": stats["size"],
+            "checkedin": stats["idle"],
+            "checkedout": stats["checked_out"],
+            "overflow": stats["checked_out"] + stats["idle"] - stats["size"],
+            "connects": stats["connects"],
+            "checkouts": stats["checkouts"],
+            "invalidated": stats["invalidated"],
+            "idle_backend_pids": [_backend_pid_of(connection) for connection in idle],
+            "idle_broken": sum(1 for connection in idle if _is_broken(connection)),
         }
         if with_repr:
-            shown.update(registry_repr=repr(registry), entry_repr=repr(entry),
-                         pool_repr=repr(entry.pool), status=entry.pool.status())
+            shown.update(
+                registry_repr=repr(registry),
+                entry_repr=repr(entry),
+                pool_repr=repr(entry.pool),
+                status=entry.pool.status(),
+            )
         pools.append(shown)
     return JsonResponse({"pid": os.getpid(), "pools": pools})
 
@@ -114,4 +118,3 @@ def pause_in_atomic(request):
             status=500,
         )
     return JsonResponse({"pid": backend_pid})
-
