@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh machine, and does nothing that
 # is already done:
 #   1. Debian packages that are missing: the PostgreSQL server (initdb),
-#      openssl, shellcheck, pip (apt-get update runs once, only if needed);
+#      openssl, pip (apt-get update runs once, only if needed);
 #   2. uv, from PyPI with pip, into .venv/bootstrap (unless uv is on PATH);
 #   3. the virtualenvs, one per requirement list in tests/requirements/:
 #      .venv/test for the runner and .venv/stacks/<name> for each stack.
@@ -21,9 +21,8 @@ EXTRA_VENVS=(
 	djsuite-dj52-psycopg3 djsuite-dj52-psycopg2 djsuite-dj42-psycopg3 djsuite-dj42-psycopg2
 	workers-dj52-psycopg3 workers-dj52-psycopg2
 )
-STAMP_NAME=".djpool-requirements.sha256"
 
-export UV_PYTHON_DOWNLOADS=never   # use this machine's python3, never fetch one
+
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 # The buildpack's output vocabulary (-----> steps, detail, " !     " errors on stderr).
@@ -31,8 +30,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 source "${REPO}/lib/output.sh"
 # shellcheck source=tests/support/system.sh
 source "${REPO}/tests/support/system.sh"
+# shellcheck source=tests/support/venv.sh
+source "${REPO}/tests/support/venv.sh"
 
-setup::on_error() {
+function setup::on_error() {
 	output::error <<<"tests/setup_env.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash tests/setup_env.sh"
 }
@@ -40,7 +41,7 @@ trap 'setup::on_error "${LINENO}" "$?"' ERR
 
 # The newest initdb: pg_config's bindir, then /usr/lib/postgresql/*/bin, then PATH.
 # tests/support/postgres.py looks in the same places.
-system::find_initdb() {
+function system::find_initdb() {
 	local bindir newest
 	if command -v pg_config >/dev/null 2>&1; then
 		bindir="$(pg_config --bindir 2>/dev/null || true)"
@@ -57,11 +58,10 @@ system::find_initdb() {
 	command -v initdb
 }
 
-system::ensure_packages() {
+function system::ensure_packages() {
 	local missing=()
 	system::find_initdb >/dev/null 2>&1 || missing+=(postgresql)
 	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-	command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 	python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 	if ((${#missing[@]} == 0)); then
 		output::step "Debian packages: all there"
@@ -75,47 +75,10 @@ Install the PostgreSQL server by hand: apt-get install -y postgresql"
 	fi
 }
 
-# Sets UV to a usable uv binary.
-uv::ensure() {
-	if uv --version >/dev/null 2>&1; then # a working uv (not just a pyenv shim without one)
-		UV="$(command -v uv)"
-	elif [[ -x "${VENVS}/bootstrap/bin/uv" ]]; then
-		UV="${VENVS}/bootstrap/bin/uv"
-	else
-		output::step "Installing uv into .venv/bootstrap"
-		# --target needs no venv module and is allowed on an externally managed Python.
-		python3 -m pip install --quiet --target "${VENVS}/bootstrap" uv
-		UV="${VENVS}/bootstrap/bin/uv"
-	fi
-	output::detail "using $("${UV}" --version) (${UV})"
-}
-
-# venv::ensure DIR REQUIREMENTS_FILE
-venv::ensure() {
-	local dir="$1" requirements="$2"
-	local name="${dir#"${VENVS}/"}" stamp="${dir}/${STAMP_NAME}" want
-	want="$(
-		cat "${requirements}"
-		echo "${PYTHON}"
-		"${PYTHON}" -c 'import sys; print(sys.version)'
-	)"
-	want="$(sha256sum <<<"${want}" | cut -d ' ' -f 1)"
-	if [[ -x "${dir}/bin/python" && -f "${stamp}" && "$(<"${stamp}")" == "${want}" ]]; then
-		output::detail "${name}: complete"
-		return 0
-	fi
-	output::detail "${name}: installing $(grep -cv -e '^#' -e '^$' "${requirements}") requirements"
-	rm -rf "${dir}"
-	"${UV}" venv --quiet --python "${PYTHON}" "${dir}"
-	"${UV}" pip install --quiet --python "${dir}/bin/python" -r "${requirements}"
-	echo "${want}" >"${stamp}"
-}
-
-main() {
+function main() {
 	system::ensure_packages
-	uv::ensure
-	PYTHON="$(python3 -c 'import sys; print(sys.executable)')"
-	output::step "Virtualenvs under .venv/ (Python $("${PYTHON}" -c 'import platform; print(platform.python_version())'))"
+	uv::ensure "${VENVS}"
+	output::step "Virtualenvs under .venv/ (Python $(python3 -c 'import platform; print(platform.python_version())'))"
 	venv::ensure "${VENVS}/test" "${REQUIREMENTS}/test.txt"
 	local stack
 	for stack in "${STACKS[@]}" "${EXTRA_VENVS[@]}"; do

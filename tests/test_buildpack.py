@@ -25,7 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.heroku import REPO, HerokuApp, PythonBuildpack, free_port
+from support.concurrency import in_threads
+from support.heroku import REPO, HerokuApp, PythonBuildpack
+from support.logs import djpool_lines
+from support.procs import free_port, tcp_port_owner
 from support.waiting import wait_until
 
 APP_SOURCE = REPO / "tests" / "app"
@@ -72,57 +75,6 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
-def djpool_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("djpool:")]
-
-
-def client_port_owner(pids: list[int], port: int) -> int | None:
-    """Which of ``pids`` holds the TCP socket whose local port is ``port`` (from /proc)."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f"socket:[{fields[9]}]")
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                    return pid
-            except OSError:
-                continue
-    return None
-
-
-def in_threads(count: int, work) -> list:
-    """Run ``work(i)`` in ``count`` threads at once; their results, re-raising any error."""
-    results: list = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            results[index] = work(index)
-        except BaseException as error:  # noqa: BLE001 - re-raised below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    if errors:
-        raise errors[0]
-    return results
-
-
 def first_query_in_every_worker(web, workers: list[int]) -> None:
     """One query at a time until every worker has made one (and so built its pool).
 
@@ -133,7 +85,7 @@ def first_query_in_every_worker(web, workers: list[int]) -> None:
     for _ in range(200):
         status, body = web.post_json("/sql/", {"sql": ["SELECT inet_client_port()"]})
         assert status == 200, body
-        served.add(client_port_owner(workers, body["rows"][0][0]))
+        served.add(tcp_port_owner(workers, body["rows"][0][0]))
         if served >= set(workers):
             return
     raise AssertionError(f"only workers {served} of {workers} answered 200 requests")
@@ -464,7 +416,7 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
     for _ in range(20):
         for backend_pid, port in in_threads(8, backend):
             requests += 1
-            owner = client_port_owner(workers, port)
+            owner = tcp_port_owner(workers, port)
             assert owner in workers, f"no worker holds the socket of backend {backend_pid}"
             backends_of[owner].add(backend_pid)
         if len(backends_of) == WORKERS and requests >= 40:
@@ -483,7 +435,7 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
     for _ in range(10):
         backend_pid, port = backend(0)
         later.add(backend_pid)
-        assert backend_pid in backends_of[client_port_owner(workers, port)]
+        assert backend_pid in backends_of[tcp_port_owner(workers, port)]
     assert later <= everything
     assert pg.connections_opened(application_name=appname) == len(everything)
 

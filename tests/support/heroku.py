@@ -42,18 +42,19 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the `support` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.httpclient import HttpMethods  # noqa: E402
+from support.procs import children_of, free_port, stop_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDPACK_DIR = REPO
@@ -70,9 +71,6 @@ BUILD_BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What a dyno has before the config vars and .profile.d: Heroku's base PATH
 # (plus HOME, DYNO and PORT, set per dyno).
 DYNO_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
 
 class EmulatorError(RuntimeError):
     """The emulator itself could not do what was asked (not a failed build)."""
@@ -91,12 +89,6 @@ class BuildResult:
     @property
     def log(self) -> str:
         return self.stdout + self.stderr
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def find_uv() -> str:
@@ -311,7 +303,7 @@ class HerokuApp:
 
     def build(self, *, compile_env: Mapping[str, str] | None = None, compile_runs: int = 1,
               in_place: bool = False, timeout: float = 600) -> BuildResult:
-        """Build the source with heroku/python (stand-in), this buildpack, then ``buildpacks_after``.
+        """Build with heroku/python (stand-in), this buildpack, then ``buildpacks_after``.
 
         compile_env: variables for bin/compile's environment only (for example
             a PIP_INDEX_URL that leads nowhere, to show nothing is downloaded).
@@ -475,7 +467,7 @@ class HerokuApp:
             raise EmulatorError(f"nothing is released at {self.runtime_dir}: build first")
 
 
-class Dyno:
+class Dyno(HttpMethods):
     """One running dyno; ``stop()`` (or ``with``) ends its whole process group."""
 
     def __init__(self, app: HerokuApp, name: str, command: str,
@@ -486,6 +478,7 @@ class Dyno:
         self.port = free_port()
         self.env = app.dyno_env(name, self.port, env)
         if name.startswith("web.") and "GUNICORN_CMD_ARGS" not in self.env:
+            # Only so that the emulated dyno listens on loopback alone.
             self.env["GUNICORN_CMD_ARGS"] = f"--bind 127.0.0.1:{self.port} --access-logfile -"
         app.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = app.log_dir / f"{name}-{secrets.token_hex(4)}.log"
@@ -494,6 +487,8 @@ class Dyno:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    base_url = url
 
     def start(self, timeout: float = 60) -> Dyno:
         with open(self.log_path, "ab") as log:
@@ -509,77 +504,28 @@ class Dyno:
     def wait_ready(self, timeout: float) -> None:
         """Poll /health/ until it answers 200, failing early if the dyno exited."""
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.answers("/health/", timeout=5):
             if self.process is not None and self.process.poll() is not None:
                 raise EmulatorError(f"{self.name} exited with status {self.process.returncode}:\n"
                                     + self.log_text()[-4000:])
-            try:
-                status, _ = self.get("/health/", timeout=5)
-                if status == 200:
-                    return
-            except (OSError, urllib.error.URLError):
-                pass
             if time.monotonic() > deadline:
                 raise EmulatorError(f"{self.name} did not answer within {timeout:.0f} s:\n"
                                     + self.log_text()[-4000:])
             time.sleep(0.05)
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                timeout: float = 60) -> tuple[int, Any]:
-        """One HTTP request; (status, parsed JSON or text)."""
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with _NO_PROXY.open(req, timeout=timeout) as response:
-                status, raw, kind = response.status, response.read(), response.headers
-        except urllib.error.HTTPError as error:
-            status, raw, kind = error.code, error.read(), error.headers
-        if kind.get_content_type() == "application/json":
-            return status, json.loads(raw)
-        return status, raw.decode(errors="replace")
-
-    def get(self, path: str, timeout: float = 60) -> tuple[int, Any]:
-        return self.request("GET", path, timeout=timeout)
-
-    def post_json(self, path: str, obj: Any, timeout: float = 60) -> tuple[int, Any]:
-        return self.request("POST", path, json.dumps(obj).encode(), timeout=timeout)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def worker_pids(self) -> list[int]:
         """The children of the dyno's main process (gunicorn's workers), from /proc."""
-        if self.process is None:
-            return []
-        children = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path("/proc", entry, "stat").read_text()
-            except OSError:
-                continue
-            # the command name may hold spaces and parentheses: split after the last ")"
-            if int(stat[stat.rindex(")") + 2:].split()[1]) == self.process.pid:
-                children.append(int(entry))
-        return sorted(children)
+        return children_of(self.process.pid) if self.process is not None else []
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM the dyno's process group (as Heroku does), SIGKILL what is left."""
         if self.process is None:
             return None
         process, self.process = self.process, None
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        return process.returncode
+        return stop_group(process, timeout, term_whole_group=True, kill_timeout=10)
 
     def __enter__(self) -> Dyno:
         return self

@@ -2,7 +2,7 @@
 # Installing Debian packages for the test and benchmark setup scripts.
 # Sourced after lib/output.sh; needs root, or sudo.
 
-system::as_root() {
+function system::as_root() {
 	if [[ "$(id -u)" == 0 ]]; then
 		"$@"
 	elif command -v sudo >/dev/null 2>&1; then
@@ -15,7 +15,7 @@ Run as root: apt-get update && apt-get install -y $*"
 }
 
 # Usage: system::apt_install PACKAGE...
-system::apt_install() {
+function system::apt_install() {
 	output::step "Installing Debian packages: $*"
 	system::as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	system::as_root env DEBIAN_FRONTEND=noninteractive \
