@@ -20,12 +20,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from support import stacks
 from support.stacks import DEFAULT_STACK, RUNTIME_STACKS
+from support.waiting import wait_until
 
 # The default stack, and each chroot stack selected (a newer Python, Django 6).
 MAIN_STACKS = (DEFAULT_STACK, *stacks.extra_stacks())
@@ -661,3 +663,28 @@ with ThreadPoolExecutor(8) as threads:
 emit(pids=sorted(set(pids)))
 """, {**db_env, "POOL_SIZE": "3"}))
     assert 1 <= len(out["pids"]) <= 3
+
+
+# -- gunicorn --preload ----------------------------------------------------------
+
+@pytest.mark.parametrize("stack", MAIN_STACKS)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_gunicorn_preload_workers_pool_their_own_connections(worker_class, stack, pg, appname,
+                                                            start_app):
+    # --preload loads the app, and so djpool, in the master before it forks the
+    # workers: each worker must build its own pool and never use the master's.
+    app = start_app(stack, {"POOL_SIZE": "2"}, worker_class=worker_class, workers=2,
+                    threads=2, preload=True)
+    assert len(app.djpool_lines()) == 1, app.djpool_lines()  # the master loaded it once
+    with ThreadPoolExecutor(6) as clients:
+        answers = list(clients.map(lambda _: app.get("/pid/"), range(40)))
+    assert [status for status, _ in answers] == [200] * 40, answers
+    bound = 2 * 2  # workers x POOL_SIZE
+    assert 1 <= len({body["pid"] for _, body in answers}) <= bound
+    assert pg.connections_opened(application_name=appname) <= bound
+    backends = wait_until(
+        lambda: (lambda found: found if found and all(b.state == "idle" for b in found)
+                 else None)(pg.backends(application_name=appname)),
+        message="every backend idle in a pool after the requests")
+    assert len(backends) <= bound
+    assert "Traceback" not in app.log_text()
