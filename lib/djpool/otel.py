@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 POOL_NAME = "db.client.connection.pool.name"
@@ -83,8 +83,14 @@ class WaitFeed:
 class Instruments:
     """The observable instruments of one meter, reading the pools when collected."""
 
-    def __init__(self, meter: Any, observation: Any) -> None:
+    def __init__(
+        self,
+        meter: Any,
+        observation: Any,
+        read: Callable[[], list[tuple[dict[str, Any], Any]]] = read_pools,
+    ) -> None:
         self._observation = observation
+        self._read = read
         self._feed = WaitFeed()
         self._lock = threading.Lock()
         self.wait_time = meter.create_histogram(
@@ -126,7 +132,7 @@ class Instruments:
         # the histogram now, and so into this same collection.
         observations = []
         with self._lock:
-            for stats, waits in read_pools():
+            for stats, waits in self._read():
                 attributes = {POOL_NAME: str(stats.get("alias", ""))}
                 for seconds in self._feed.new_waits(waits):
                     self.wait_time.record(seconds, attributes)
@@ -136,14 +142,14 @@ class Instruments:
 
     def _max(self, options: Any = None) -> Iterable[Any]:
         return [
-            self._observe(stats["size"] + stats["max_overflow"], stats) for stats, _ in read_pools()
+            self._observe(stats["size"] + stats["max_overflow"], stats) for stats, _ in self._read()
         ]
 
     def _pending(self, options: Any = None) -> Iterable[Any]:
-        return [self._observe(stats["waiting"], stats) for stats, _ in read_pools()]
+        return [self._observe(stats["waiting"], stats) for stats, _ in self._read()]
 
     def _timeouts(self, options: Any = None) -> Iterable[Any]:
-        return [self._observe(stats["timeouts"], stats) for stats, _ in read_pools()]
+        return [self._observe(stats["timeouts"], stats) for stats, _ in self._read()]
 
 
 _installed: Instruments | None = None
