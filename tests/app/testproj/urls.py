@@ -1,6 +1,6 @@
 from django.urls import path
 
-from core import asyncviews, faultviews, views
+from core import asyncviews, faultviews, poolerviews, views
 
 urlpatterns = [
     path("health/", views.health),
@@ -16,4 +16,7 @@ urlpatterns = [
     path("pool/", faultviews.pool),
     path("pause-in-atomic/", faultviews.pause_in_atomic),
     path("async/items/", asyncviews.items),
+    path("pooler/iterate/", poolerviews.iterate),
+    path("pooler/increment/", poolerviews.increment),
+    path("pooler/session/", poolerviews.session),
 ]

@@ -1,0 +1,293 @@
+"""Two-tier pooling: djpool in every dyno, a server-side PgBouncer in transaction mode (issue 12).
+
+The setup is a Heroku Essential-like plan with Connection Pooling attached,
+on this machine:
+
+- a PostgreSQL of the module's own (tests/support/postgres.py) with
+  ``max_connections=20`` and a time zone that is not Django's (so a session
+  that misses Django's time zone shows);
+- a real PgBouncer (Debian's, tests/support/pgbouncer.py) in transaction mode
+  with ``default_pool_size=15``: clients log in with SCRAM over TLS, PgBouncer
+  logs in to PostgreSQL with SCRAM over TLS (certificate verified);
+- web dynos of one slug, built and booted by the Heroku emulator
+  (tests/support/heroku.py): the sample app with the one settings line a user
+  changes (read DATABASE_CONNECTION_POOL_URL), gunicorn gthread WORKERS x 4
+  threads (the Procfile), POOL_SIZE=4.
+
+The issue asks for 6 dynos. On this 2-core machine 6 dynos are 18 Python
+processes and the load is driven from the test process too; DYNOS keeps the
+ratios that make the point: the dynos' threads (DYNOS x WORKERS x 4) and
+their pools (DYNOS x WORKERS x POOL_SIZE) are more than PgBouncer's 15 server
+connections, which are fewer than the server's 17 non-superuser slots.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from support.concurrency import Outcome, Sampler, in_threads, timed
+from support.heroku import REPO, Dyno, HerokuApp
+from support.logs import djpool_lines
+from support.pgbouncer import PgBouncer
+from support.postgres import PostgresServer
+from support.waiting import wait_until
+
+APP_SOURCE = REPO / "tests" / "app"
+APPS = REPO / "tests" / "buildpack_apps"
+
+DYNOS = 6
+WORKERS = 2  # WEB_CONCURRENCY; the Procfile runs gunicorn gthread with 4 threads each
+THREADS = 4
+POOL_SIZE = 4
+SERVER_MAX_CONNECTIONS = 20  # 3 of them reserved for superusers
+PGBOUNCER_POOL_SIZE = 15
+SERVER_TIME_ZONE = "America/New_York"  # Django's TIME_ZONE is UTC
+ITEMS = 100  # item-1 .. item-100, values 1 .. 100
+CLIENTS = 24  # HTTP clients at once, all dynos together
+REQUESTS_PER_CLIENT = 20
+REQUEST_TIMEOUT = 30
+DATABASE = "app"
+ROLE = "app"
+POOLER_SETTINGS = "testproj.connection_pooling_settings"
+
+# Builds take longer than the suite's default per-test timeout.
+pytestmark = pytest.mark.timeout(600)
+
+
+# -- the stage: server, PgBouncer, slug --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    """PostgreSQL with an Essential plan's 20 connections, the app's role and database."""
+    with PostgresServer(
+        max_connections=SERVER_MAX_CONNECTIONS, settings={"timezone": SERVER_TIME_ZONE}
+    ) as pg:
+        pg.create_role(ROLE, secrets.token_urlsafe(18), createdb=False)
+        pg.create_database(DATABASE, owner=ROLE)
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def bouncer(server: PostgresServer) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode, 15 server connections, TLS and SCRAM on both sides."""
+    with PgBouncer.for_server(
+        server,
+        {DATABASE: DATABASE},
+        {ROLE: server.password_of(ROLE)},
+        default_pool_size=PGBOUNCER_POOL_SIZE,
+        max_client_conn=300,
+    ) as pgbouncer:
+        yield pgbouncer
+
+
+@pytest.fixture(scope="module")
+def slug(tmp_path_factory: pytest.TempPathFactory, server: PostgresServer) -> HerokuApp:
+    """The sample app with the Connection Pooling settings line, built and released once."""
+    app = HerokuApp(
+        [APP_SOURCE, APPS / "base", APPS / "connection_pooling"],
+        tmp_path_factory.mktemp("heroku") / "pooled",
+        {"WEB_CONCURRENCY": str(WORKERS), "POOL_SIZE": str(POOL_SIZE)},
+    )
+    build = app.build()
+    assert build.ok, build.log
+    direct = {"DATABASE_URL": direct_url(server, "release")}
+    release = app.release(env=direct)
+    assert release.returncode == 0, release.stderr
+    seeded = app.run(f"python manage.py seed_items {ITEMS}", env=direct)
+    assert seeded.returncode == 0, seeded.stderr
+    return app
+
+
+def direct_url(server: PostgresServer, application_name: str) -> str:
+    return server.url(DATABASE, ROLE, sslmode="require", application_name=application_name)
+
+
+def heroku_env(
+    server: PostgresServer, bouncer: PgBouncer, name: str, **config: str
+) -> dict[str, str]:
+    """Config vars as Heroku sets them with Connection Pooling attached, and the app's settings.
+
+    DATABASE_URL stays the direct URL; DATABASE_CONNECTION_POOL_URL is
+    PgBouncer's; the settings (DJANGO_SETTINGS_MODULE) read the latter.
+    """
+    return {
+        "DATABASE_URL": direct_url(server, name),
+        "DATABASE_CONNECTION_POOL_URL": bouncer.url(DATABASE, ROLE, application_name=name),
+        "DJANGO_SETTINGS_MODULE": POOLER_SETTINGS,
+        **config,
+    }
+
+
+@pytest.fixture
+def start_dynos(slug: HerokuApp) -> Iterator[Callable[..., list[Dyno]]]:
+    """``start_dynos(count, env)``: web.1 .. web.N booted at once; all stopped after the test."""
+    started: list[Dyno] = []
+
+    def start(count: int, env: dict[str, str]) -> list[Dyno]:
+        dynos = [
+            Dyno(slug, f"web.{n}", slug.process_types()["web"], env)
+            for n in range(len(started) + 1, len(started) + count + 1)
+        ]
+        started.extend(dynos)
+        in_threads(count, lambda index: dynos[index].start(timeout=120), timeout=240)
+        for dyno in dynos:
+            wait_until(
+                lambda dyno=dyno: len(dyno.worker_pids()) == WORKERS,
+                timeout=60,
+                message=f"{WORKERS} gunicorn workers in {dyno.name}",
+            )
+        return dynos
+
+    yield start
+    for dyno in reversed(started):
+        dyno.stop()
+
+
+# -- load --------------------------------------------------------------------------
+
+
+def make_counter(dyno: Dyno) -> str:
+    """A new item with value 0 for /pooler/increment/ (its name)."""
+    name = f"counter-{secrets.token_hex(4)}"
+    status, body = dyno.post_json(
+        "/sql/", {"sql": [f"INSERT INTO core_item (name, value) VALUES ('{name}', 0)"]}
+    )
+    assert status == 200, body
+    return name
+
+
+def mixed_paths(counter: str) -> list[str]:
+    """One indexed read, every item through iterator(), a locked increment, a slower query."""
+    return [
+        "/items/?name=item-7",
+        "/pooler/iterate/",
+        f"/pooler/increment/?name={counter}",
+        "/slow/?ms=20",
+    ]
+
+
+def drive(
+    dynos: list[Dyno],
+    paths: list[str],
+    clients: int = CLIENTS,
+    per_client: int = REQUESTS_PER_CLIENT,
+) -> list[tuple[str, Outcome]]:
+    """``clients`` clients at once, each sending ``per_client`` requests round dynos and paths."""
+
+    def client(index: int) -> list[tuple[str, Outcome]]:
+        got = []
+        for n in range(per_client):
+            dyno = dynos[(index + n) % len(dynos)]
+            path = paths[(index // len(dynos) + n) % len(paths)]
+            send = lambda dyno=dyno, path=path: dyno.get(path, timeout=REQUEST_TIMEOUT)  # noqa: E731
+            got.append((path, timed(send)))
+        return got
+
+    return [pair for got in in_threads(clients, client, timeout=300) for pair in got]
+
+
+class Watch:
+    """Peaks of server backends and PgBouncer clients, and login counts, over a ``with`` block."""
+
+    def __init__(self, server: PostgresServer, bouncer: PgBouncer) -> None:
+        self.server = server
+        self.bouncer = bouncer
+        self.backends = Sampler(
+            lambda: len(server.backends(datname=DATABASE)), interval=0.01, max_seconds=280
+        )
+        self.clients = Sampler(
+            lambda: bouncer.client_connections(DATABASE), interval=0.05, max_seconds=280
+        )
+
+    def __enter__(self) -> Watch:
+        self._server_logins = self.server.connections_opened(database=DATABASE)
+        self._client_logins = self.bouncer.client_logins(DATABASE)
+        self._xacts = self.bouncer.stats(DATABASE).get("total_xact_count", 0)
+        self.backends.__enter__()
+        self.clients.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.clients.__exit__(*exc_info)
+        self.backends.__exit__(*exc_info)
+        self.server_logins = self.server.connections_opened(database=DATABASE) - self._server_logins
+        self.client_logins = self.bouncer.client_logins(DATABASE) - self._client_logins
+        self.transactions = self.bouncer.stats(DATABASE).get("total_xact_count", 0) - self._xacts
+
+
+def failures(results: list[tuple[str, Outcome]]) -> list[tuple[str, int | None, str]]:
+    return [(path, o.status, str(o.body)[:200]) for path, o in results if not o.ok]
+
+
+def driver_error(outcome: Outcome) -> str | None:
+    """The driver's exception class a failed request reports (poolerviews, /sql/)."""
+    return outcome.body.get("driver_error") if isinstance(outcome.body, dict) else None
+
+
+def check_answers(server: PostgresServer, results: list[tuple[str, Outcome]], counter: str) -> None:
+    """iterator() saw every item; the increments under select_for_update lost none."""
+    increments = []
+    for path, outcome in results:
+        if not outcome.ok:
+            continue
+        if path.startswith("/pooler/iterate/"):
+            assert outcome.body == {"count": ITEMS, "sum": ITEMS * (ITEMS + 1) // 2}, outcome.body
+        elif path.startswith("/pooler/increment/"):
+            increments.append(outcome.body["value"])
+    # Each increment saw the value the one before it wrote: 1, 2, ..., n, none twice.
+    assert sorted(increments) == list(range(1, len(increments) + 1)), Counter(increments)
+    assert increments, "no increment succeeded"
+    assert counter_value(server, counter) == len(increments)
+
+
+def counter_value(server: PostgresServer, counter: str) -> int:
+    rows = server.query("SELECT value FROM core_item WHERE name = %s", [counter], dbname=DATABASE)
+    return int(rows[0][0])
+
+
+# -- the tests ---------------------------------------------------------------------
+
+
+def test_without_djpool_every_request_logs_in_to_pgbouncer(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """The same dynos and load with POOL_DISABLED=1, as an app behind PgBouncer is without djpool.
+
+    PgBouncer still bounds the server's connections, but every request opens
+    a client connection to it: TCP, TLS and a SCRAM login, for every request.
+    And iterator()'s server-side cursors meet transaction pooling: a request
+    fails when its FETCH lands on another server connection (InvalidCursorName),
+    or when its DECLARE lands on one where another client's WITH HOLD cursor of
+    the same name is left (DuplicateCursor). Whether and how often depends on
+    timing; what is asserted is that nothing else fails.
+    """
+    dynos = start_dynos(DYNOS, heroku_env(server, bouncer, "unpooled", POOL_DISABLED="1"))
+    assert all(djpool_lines(dyno.log_text()) == [] for dyno in dynos)
+    counter = make_counter(dynos[0])
+    with Watch(server, bouncer) as watch:
+        results = drive(dynos, mixed_paths(counter))
+    answered = [outcome for _path, outcome in results if outcome.status is not None]
+    assert len(answered) == len(results), failures(results)
+    # One login to PgBouncer per request, every one of them.
+    assert watch.client_logins == len(results)
+    assert watch.backends.highest <= PGBOUNCER_POOL_SIZE
+    assert watch.server_logins <= PGBOUNCER_POOL_SIZE
+    broken = failures(results)
+    errors = Counter(
+        (path.split("?")[0], driver_error(outcome)) for path, outcome in results if not outcome.ok
+    )
+    # Only iterator() breaks: its cursor was declared on one server connection and
+    # is fetched from (or closed, or declared again under the same name) on another.
+    assert {path for path, _error in errors} <= {"/pooler/iterate/"}, broken
+    check_answers(server, results, counter)
+    print(
+        f"\nunpooled: {len(results)} requests, failed: {dict(errors)}, "
+        f"{watch.client_logins} PgBouncer logins, {watch.server_logins} server logins, "
+        f"peak {watch.backends.highest} server connections, "
+        f"{watch.transactions} transactions through PgBouncer"
+    )
