@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shlex
 import subprocess
 import textwrap
 import time
@@ -165,11 +166,14 @@ def test_an_exhausted_pool_counts_timeouts_and_says_so_once(start_app, tmp_path)
     assert all(line["sample#djpool.checked_out"] <= 1 for line in lines), lines
     events = event_lines(app.log_text(), "pool_exhausted")
     assert len(events) == 1, events  # three timeouts in a second: one line a minute
-    event = dict(field.split("=", 1) for field in events[0].split()[1:])
+    event = dict(field.split("=", 1) for field in shlex.split(events[0])[1:])
     assert event["alias"] == "default" and event["size"] == "1" and event["max_overflow"] == "0"
     assert event["checked_out"] == "1" and event["idle"] == "0", event
     # The holder had its connection for at least the POOL_TIMEOUT the checkout waited.
     assert float(event["oldest_checkout_s"]) >= 1.0, event
+    assert event["desc"] == (
+        "all 1 connections are in use and none came back within POOL_TIMEOUT=1s"
+    ), event
 
 
 def test_each_forked_worker_reports_on_its_own(start_app):

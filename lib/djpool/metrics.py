@@ -255,13 +255,23 @@ class RateLimiter:
 
 
 def format_event(
-    kind: str, source: str, alias: str, fields: Iterable[tuple[str, Any]], held_back: int
+    kind: str,
+    source: str,
+    alias: str,
+    fields: Iterable[tuple[str, Any]],
+    held_back: int,
+    desc: str,
 ) -> str:
-    """One event line (without the prefix): ``event=KIND source= alias=`` then its fields."""
+    """One event line (without the prefix), as Heroku's router writes its own.
+
+    ``event=KIND source= alias=``, the event's fields, ``suppressed=N`` when
+    lines were held back, and ``desc="..."``, the sentence a person reads.
+    """
     parts = [f"event={kind}", f"source={source}", f"alias={_token(alias)}"]
     parts += [f"{name}={_value(value)}" for name, value in fields]
     if held_back:
         parts.append(f"suppressed={held_back}")
+    parts.append(f"desc={_value(desc)}")
     return " ".join(parts)
 
 
@@ -318,19 +328,20 @@ def _after_fork_in_child() -> None:
     _events.forget()
 
 
-def _event(kind: str, alias: str, fields: Iterable[tuple[str, Any]]) -> None:
+def _event(kind: str, alias: str, fields: Iterable[tuple[str, Any]], desc: str) -> None:
     held_back = _events.allow(kind, alias)
     if held_back is None:
         return
     source = source_name(_dyno, os.getpid())
-    log.warn(format_event(kind, source, alias, fields, held_back))
+    log.warn(format_event(kind, source, alias, fields, held_back, desc))
 
 
-def pool_exhausted(stats: PoolStats, oldest_checkout_seconds: float | None) -> None:
+def pool_exhausted(stats: PoolStats, oldest_checkout_seconds: float | None, timeout: float) -> None:
     """Runtime hook: a checkout gave up after POOL_TIMEOUT.
 
     stats: the pool's ``djpool.stats()`` dict now (read without resetting its waits).
     oldest_checkout_seconds: how long the longest-held connection has been out.
+    timeout: POOL_TIMEOUT, for the sentence.
     """
     fields: list[tuple[str, Any]] = [
         (key, int(stats.get(key, 0)))
@@ -338,14 +349,26 @@ def pool_exhausted(stats: PoolStats, oldest_checkout_seconds: float | None) -> N
     ]
     if oldest_checkout_seconds is not None:
         fields.append(("oldest_checkout_s", round(oldest_checkout_seconds, 3)))
-    _event("pool_exhausted", str(stats.get("alias", "")), fields)
+    limit = int(stats.get("size", 0)) + int(stats.get("max_overflow", 0))
+    desc = f"all {limit} connections are in use and none came back within POOL_TIMEOUT={timeout:g}s"
+    _event("pool_exhausted", str(stats.get("alias", "")), fields, desc)
 
 
 def reset_failed(alias: str, reason: str) -> None:
-    """Runtime hook: a connection came back and could not be cleaned (it was closed)."""
-    _event("reset_failed", alias, [("reason", reason)])
+    """Runtime hook: a connection came back and could not be cleaned (it was closed).
+
+    reason: ``ExceptionName: first line of its message``.
+    """
+    _event(
+        "reset_failed", alias, [], f"discarded a pooled connection whose reset failed ({reason})"
+    )
 
 
 def closed_connection_found(alias: str) -> None:
     """Runtime hook: a pooled connection the server had closed was found at checkout."""
-    _event("server_closed_connection", alias, [])
+    _event(
+        "server_closed_connection",
+        alias,
+        [],
+        "a pooled connection was closed by the server; replaced at checkout",
+    )

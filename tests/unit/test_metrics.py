@@ -198,12 +198,13 @@ def test_an_event_line_names_the_kind_source_and_pool_then_its_fields() -> None:
         "pool_exhausted",
         "web.1",
         "default",
-        [("checked_out", 5), ("oldest_checkout_s", 12.3456), ("reason", 'said "no"\nthen')],
+        [("checked_out", 5), ("oldest_checkout_s", 12.3456)],
         held_back=3,
+        desc='said "no"\nthen',
     )
     assert line == (
         "event=pool_exhausted source=web.1 alias=default checked_out=5 oldest_checkout_s=12.346 "
-        'reason="said \\"no\\" then" suppressed=3'
+        'suppressed=3 desc="said \\"no\\" then"'
     )
 
 
@@ -213,14 +214,17 @@ def test_events_are_rate_limited_per_kind_and_pool(
     monkeypatch.setattr(metrics, "_events", RateLimiter(60, Clock()))
     monkeypatch.setattr(metrics, "_dyno", "web.3")
     for _ in range(3):
-        metrics.pool_exhausted(pool(checked_out=5, waiting=2, timeouts=4), 7.5)
+        metrics.pool_exhausted(pool(checked_out=5, waiting=2, timeouts=4), 7.5, 10.0)
         metrics.reset_failed("default", "OperationalError: server closed the connection")
         metrics.closed_connection_found("default")
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         "djpool: event=pool_exhausted source=web.3 alias=default size=5 max_overflow=0 "
-        "checked_out=5 idle=0 waiting=2 timeouts=4 oldest_checkout_s=7.5",
+        "checked_out=5 idle=0 waiting=2 timeouts=4 oldest_checkout_s=7.5 "
+        'desc="all 5 connections are in use and none came back within POOL_TIMEOUT=10s"',
         "djpool: event=reset_failed source=web.3 alias=default "
-        'reason="OperationalError: server closed the connection"',
-        "djpool: event=server_closed_connection source=web.3 alias=default",
+        'desc="discarded a pooled connection whose reset failed '
+        '(OperationalError: server closed the connection)"',
+        "djpool: event=server_closed_connection source=web.3 alias=default "
+        'desc="a pooled connection was closed by the server; replaced at checkout"',
     ]
