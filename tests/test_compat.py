@@ -18,7 +18,6 @@ the pool with nothing left checked out.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from support import stacks
-from support.appserver import AppServer
+from support.appserver import AppServer, AppServers
+from support.concurrency import start_in_thread, summary
+from support.logs import script_results
 from support.postgres import PostgresServer
 from support.waiting import wait_until
 
@@ -38,12 +39,12 @@ PSYCOGREEN_CONFIG = stacks.APP_DIR / "gunicorn_psycogreen.conf.py"
 
 # -- manage.py test ------------------------------------------------------------------------
 
+
 def leftover_test_databases(pg: PostgresServer) -> list[str]:
-    rows = pg.query("SELECT datname FROM pg_database WHERE datname LIKE 'test\\_app%%' "
-                    "ORDER BY datname")
+    rows = pg.query(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'test\\_app%%' ORDER BY datname"
+    )
     return [row[0] for row in rows]
-
-
 
 
 @pytest.fixture
@@ -59,14 +60,23 @@ def clean_test_databases(pg: PostgresServer) -> Iterator[None]:
     drop_all()
 
 
-def manage_test(stack: str, database_url: str, record: Path, *args: str,
-                shim: bool = True) -> tuple[stacks.Result, list[dict]]:
+def manage_test(
+    stack: str, database_url: str, record: Path, *args: str, shim: bool = True
+) -> tuple[stacks.Result, list[dict]]:
     """``manage.py test core`` in the sample app; what it printed and what each test saw."""
     record.unlink(missing_ok=True)
-    result = stacks.run_manage(stack, "test", "core", "--noinput", "-v", "2", *args,
-                               env={"DATABASE_URL": database_url,
-                                    "APP_TEST_RECORD": str(record)},
-                               shim=shim, timeout=300)
+    result = stacks.run_manage(
+        stack,
+        "test",
+        "core",
+        "--noinput",
+        "-v",
+        "2",
+        *args,
+        env={"DATABASE_URL": database_url, "APP_TEST_RECORD": str(record)},
+        shim=shim,
+        timeout=300,
+    )
     stacks.check(result, f"manage.py test {' '.join(args)}")
     lines = record.read_text().splitlines() if record.exists() else []
     return result, [json.loads(line) for line in lines]
@@ -85,13 +95,16 @@ def reconnect(records: list[dict]) -> dict:
 
 
 def wait_no_backends(pg: PostgresServer, appname: str) -> None:
-    wait_until(lambda: not pg.backends(application_name=appname),
-               message=f"backends of {appname} still connected after the process ended")
+    wait_until(
+        lambda: not pg.backends(application_name=appname),
+        message=f"backends of {appname} still connected after the process ended",
+    )
 
 
 @pytest.mark.parametrize("stack", stacks.STACKS)
 def test_manage_py_test_runs_on_a_pooled_test_database_and_drops_it(
-        stack, pg, database_url, appname, tmp_path, clean_test_databases):
+    stack, pg, database_url, appname, tmp_path, clean_test_databases
+):
     result, records = manage_test(stack, database_url, tmp_path / "record.jsonl")
     assert SHIM_LINE in result.stderr
     assert "Creating test database for alias 'default'" in result.stderr
@@ -106,10 +119,12 @@ def test_manage_py_test_runs_on_a_pooled_test_database_and_drops_it(
 
 
 def test_without_the_shim_a_closed_connection_is_a_new_backend(
-        pg, database_url, appname, tmp_path, clean_test_databases):
+    pg, database_url, appname, tmp_path, clean_test_databases
+):
     """The control for the test above: unpooled, close() really ends the server session."""
-    result, records = manage_test(stacks.DEFAULT_STACK, database_url, tmp_path / "record.jsonl",
-                                  shim=False)
+    result, records = manage_test(
+        stacks.DEFAULT_STACK, database_url, tmp_path / "record.jsonl", shim=False
+    )
     assert SHIM_LINE not in result.stderr
     assert_ran_on(records, {APP_TEST_DATABASE})
     seen = reconnect(records)
@@ -118,9 +133,9 @@ def test_without_the_shim_a_closed_connection_is_a_new_backend(
 
 @pytest.mark.parametrize("stack", stacks.STACKS)
 def test_manage_py_test_parallel_clones_and_drops_every_database(
-        stack, pg, database_url, appname, tmp_path, clean_test_databases):
-    result, records = manage_test(stack, database_url, tmp_path / "record.jsonl",
-                                  "--parallel", "2")
+    stack, pg, database_url, appname, tmp_path, clean_test_databases
+):
+    result, records = manage_test(stack, database_url, tmp_path / "record.jsonl", "--parallel", "2")
     assert SHIM_LINE in result.stderr
     assert "Cloning test database for alias 'default'" in result.stderr
     clones = {f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"}
@@ -135,16 +150,19 @@ def test_manage_py_test_parallel_clones_and_drops_every_database(
 KEEPDB_RUNS = {
     # name: (arguments, the databases kept, the ones the tests run on)
     "keepdb": (("--keepdb",), [APP_TEST_DATABASE], {APP_TEST_DATABASE}),
-    "keepdb-parallel": (("--keepdb", "--parallel", "2"),
-                        [APP_TEST_DATABASE, f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"],
-                        {f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"}),
+    "keepdb-parallel": (
+        ("--keepdb", "--parallel", "2"),
+        [APP_TEST_DATABASE, f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"],
+        {f"{APP_TEST_DATABASE}_1", f"{APP_TEST_DATABASE}_2"},
+    ),
 }
 
 
 @pytest.mark.parametrize("stack", [stacks.DEFAULT_STACK, "dj42-psycopg2"])
 @pytest.mark.parametrize("run", sorted(KEEPDB_RUNS))
 def test_manage_py_test_keepdb_twice_reuses_the_kept_databases(
-        run, stack, pg, database_url, appname, tmp_path, clean_test_databases):
+    run, stack, pg, database_url, appname, tmp_path, clean_test_databases
+):
     args, kept, ran_on = KEEPDB_RUNS[run]
     # With --keepdb Django says "Using existing" either way: the first run makes them.
     assert leftover_test_databases(pg) == []
@@ -178,7 +196,9 @@ def emit(**values):
     print("RESULT " + json.dumps(values))
 """
 
-CLOSE_IN_ATOMIC = DJANGO_SCRIPT + """
+CLOSE_IN_ATOMIC = (
+    DJANGO_SCRIPT
+    + """
 table = os.environ["APP_TABLE"]
 with connection.cursor() as cursor:
     cursor.execute(f"CREATE TABLE {table} (name text)")
@@ -199,8 +219,11 @@ with connection.cursor() as cursor:
     cursor.execute(f"DROP TABLE {table}")
 emit(refused=refused, committed=committed)
 """
+)
 
-ISOLATION_LEVEL_OF_ANOTHER_CHECKOUT = DJANGO_SCRIPT + """
+ISOLATION_LEVEL_OF_ANOTHER_CHECKOUT = (
+    DJANGO_SCRIPT
+    + """
 from django.db.backends.postgresql.psycopg_any import IsolationLevel
 strict = connection.copy()  # the same alias with other OPTIONS: override_settings, a copy
 strict.settings_dict["OPTIONS"]["isolation_level"] = IsolationLevel.SERIALIZABLE
@@ -211,9 +234,12 @@ with transaction.atomic(), connection.cursor() as cursor:  # no OPTIONS: READ CO
     cursor.execute("SHOW transaction_isolation")
     emit(level=cursor.fetchone()[0], django=connection.isolation_level.name)
 """
+)
 
 
-INVALID_ISOLATION_LEVEL_ON_A_REUSED_CONNECTION = DJANGO_SCRIPT + """
+INVALID_ISOLATION_LEVEL_ON_A_REUSED_CONNECTION = (
+    DJANGO_SCRIPT
+    + """
 from django.core.exceptions import ImproperlyConfigured
 with connection.cursor() as cursor:
     cursor.execute("SELECT 1")
@@ -231,9 +257,12 @@ try:
 except Error as error:
     emit(raised=type(kept).__name__, next_checkout=str(error))
 """
+)
 
 
-IS_USABLE_AFTER_CLOSE = DJANGO_SCRIPT + """
+IS_USABLE_AFTER_CLOSE = (
+    DJANGO_SCRIPT
+    + """
 with connection.cursor() as cursor:
     cursor.execute("SELECT 1")
 connection._close()  # what a dropped connection looks like to Django (its test #21553)
@@ -242,39 +271,43 @@ try:
 except Exception as error:
     emit(is_usable=type(error).__name__)
 """
+)
 
 
 def run_django(stack: str, script: str, env: dict[str, str]) -> dict:
     result = stacks.check(stacks.run_python(stack, script, env), "the Django script")
     assert SHIM_LINE in result.stderr
-    found: dict = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("RESULT "):
-            found.update(json.loads(line[len("RESULT "):]))
-    return found
+    return script_results(result.stdout)
 
 
 @pytest.mark.parametrize("stack", stacks.STACKS)
-def test_a_close_inside_atomic_fails_the_block_and_commits_nothing(stack, pg, database_url,
-                                                                 appname):
+def test_a_close_inside_atomic_fails_the_block_and_commits_nothing(
+    stack, pg, database_url, appname
+):
     table = "compat_" + appname.replace(".", "_").replace("-", "_")[-40:]
-    found = run_django(stack, CLOSE_IN_ATOMIC, {"DATABASE_URL": database_url,
-                                                 "APP_TABLE": f'"{table}"'})
+    found = run_django(
+        stack, CLOSE_IN_ATOMIC, {"DATABASE_URL": database_url, "APP_TABLE": f'"{table}"'}
+    )
     assert found["refused"] is not None  # Django refuses the query after the close
     assert found["committed"] == []  # and nothing of the block is committed
 
 
 @pytest.mark.parametrize("stack", stacks.STACKS)
 def test_an_isolation_level_set_for_one_checkout_does_not_stay_on_the_connection(
-        stack, pg, database_url):
-    found = run_django(stack, ISOLATION_LEVEL_OF_ANOTHER_CHECKOUT,
-                       {"DATABASE_URL": database_url, "POOL_SIZE": "1"})
+    stack, pg, database_url
+):
+    found = run_django(
+        stack, ISOLATION_LEVEL_OF_ANOTHER_CHECKOUT, {"DATABASE_URL": database_url, "POOL_SIZE": "1"}
+    )
     assert (found["level"], found["django"]) == ("read committed", "READ_COMMITTED")
 
 
 def test_a_checkout_that_fails_on_bad_options_gives_the_connection_back(pg, database_url):
-    found = run_django(stacks.DEFAULT_STACK, INVALID_ISOLATION_LEVEL_ON_A_REUSED_CONNECTION,
-                       {"DATABASE_URL": database_url, "POOL_SIZE": "1", "POOL_TIMEOUT": "2"})
+    found = run_django(
+        stacks.DEFAULT_STACK,
+        INVALID_ISOLATION_LEVEL_ON_A_REUSED_CONNECTION,
+        {"DATABASE_URL": database_url, "POOL_SIZE": "1", "POOL_TIMEOUT": "2"},
+    )
     assert found == {"raised": "ImproperlyConfigured", "next_checkout": "ok"}
 
 
@@ -310,33 +343,52 @@ WORKER_TYPES: dict[str, tuple[str, str, tuple[str, ...], bool, tuple[str, ...]]]
     "gthread-psycopg3": ("dj52-psycopg3", "gthread", (), False, SYNC_PATHS),
     "gthread-psycopg2": ("dj52-psycopg2", "gthread", (), False, SYNC_PATHS),
     "gevent-psycopg3": ("workers-dj52-psycopg3", "gevent", (), False, SYNC_PATHS),
-    "gevent-psycopg2-psycogreen": ("workers-dj52-psycopg2", "gevent",
-                                   ("--config", str(PSYCOGREEN_CONFIG)), False, SYNC_PATHS),
-    "uvicorn-asgi-psycopg3": ("workers-dj52-psycopg3", "uvicorn_worker.UvicornWorker", (),
-                              True, ASYNC_PATHS),
-    "uvicorn-asgi-psycopg2": ("workers-dj52-psycopg2", "uvicorn_worker.UvicornWorker", (),
-                              True, ASYNC_PATHS),
+    "gevent-psycopg2-psycogreen": (
+        "workers-dj52-psycopg2",
+        "gevent",
+        ("--config", str(PSYCOGREEN_CONFIG)),
+        False,
+        SYNC_PATHS,
+    ),
+    "uvicorn-asgi-psycopg3": (
+        "workers-dj52-psycopg3",
+        "uvicorn_worker.UvicornWorker",
+        (),
+        True,
+        ASYNC_PATHS,
+    ),
+    "uvicorn-asgi-psycopg2": (
+        "workers-dj52-psycopg2",
+        "uvicorn_worker.UvicornWorker",
+        (),
+        True,
+        ASYNC_PATHS,
+    ),
 }
 
 
 @pytest.fixture
 def serve(request, pg, migrated, database_url, tmp_path) -> Iterator[Callable[[str], AppServer]]:
     """``serve(worker_type)``: the app on that worker type, stopped after the test."""
-    started: list[AppServer] = []
-    request.node.djpool_app_servers = started  # conftest adds their logs to a failure
+    servers = AppServers(request.node)  # conftest adds their logs to a failure
 
     def start(kind: str) -> AppServer:
         venv, worker_class, extra_args, asgi, _paths = WORKER_TYPES[kind]
         server_class = AsgiAppServer if asgi else AppServer
-        server = server_class(venv, {"DATABASE_URL": database_url, "POOL_SIZE": str(POOL_SIZE)},
-                              worker_class=worker_class, workers=WORKERS, threads=4,
-                              extra_args=extra_args, log_dir=tmp_path)
-        started.append(server)
-        return server.start()
+        return servers.start(
+            server_class(
+                venv,
+                {"DATABASE_URL": database_url, "POOL_SIZE": str(POOL_SIZE)},
+                worker_class=worker_class,
+                workers=WORKERS,
+                threads=4,
+                extra_args=extra_args,
+                log_dir=tmp_path,
+            )
+        )
 
     yield start
-    for server in reversed(started):
-        server.stop()
+    servers.stop_all()
 
 
 def checked_out_by_worker(app: AppServer) -> dict[int, int]:
@@ -357,8 +409,12 @@ def checked_out_by_worker(app: AppServer) -> dict[int, int]:
         latest[body["pid"]] = sum(shown["checkedout"] for shown in body["pools"])
         return workers <= set(latest) and not any(latest.values())
 
-    wait_until(ask, timeout=30, interval=0.01,
-               message=lambda: f"/pool/ of the workers {sorted(workers)}: checked out {latest}")
+    wait_until(
+        ask,
+        timeout=30,
+        interval=0.01,
+        message=lambda: f"/pool/ of the workers {sorted(workers)}: checked out {latest}",
+    )
     return latest
 
 
@@ -383,8 +439,10 @@ def test_worker_type_serves_concurrent_requests_through_the_pool(kind, serve, pg
     # or checked out.
     backends = wait_until(
         lambda: (lambda found: found if all(b.state == "idle" for b in found) else None)(
-            pg.backends(application_name=appname)),
-        message="every backend idle after the load")
+            pg.backends(application_name=appname)
+        ),
+        message="every backend idle after the load",
+    )
     assert 1 <= len(backends) <= bound
     assert set(checked_out_by_worker(app)) == set(app.worker_pids())
     assert not [line for line in app.log_text().splitlines() if "Traceback" in line]
@@ -399,20 +457,23 @@ def test_worker_type_runs_database_work_concurrently_within_a_worker(kind, serve
     """
     app = serve(kind)
     slow = "/async/items/?ms=3000" if WORKER_TYPES[kind][3] else "/slow/?ms=3000"
-    answers: list[tuple[int, object]] = []
-    requests = [threading.Thread(target=lambda: answers.append(app.get(slow)))
-                for _ in range(2 * POOL_SIZE)]
-    for thread in requests:
-        thread.start()
+    requests = [start_in_thread(lambda: app.get(slow)) for _ in range(2 * POOL_SIZE)]
     try:
         sleeping = wait_until(
             lambda: (lambda found: found if len(found) > WORKERS else None)(
-                [b for b in pg.backends(application_name=appname)
-                 if b.state == "active" and "pg_sleep" in b.query]),
-            timeout=20, interval=0.05,
-            message="more slow queries running at once than there are workers")
+                [
+                    b
+                    for b in pg.backends(application_name=appname)
+                    if b.state == "active" and "pg_sleep" in b.query
+                ]
+            ),
+            timeout=20,
+            interval=0.05,
+            message="more slow queries running at once than there are workers",
+        )
     finally:
-        for thread in requests:
+        for thread, _outcome in requests:
             thread.join(60)
     assert len(sleeping) <= WORKERS * POOL_SIZE
-    assert [status for status, _ in answers] == [200] * len(requests), answers
+    answers = [outcome for _thread, got in requests for outcome in got]
+    assert [o.status for o in answers] == [200] * len(requests), summary(answers)

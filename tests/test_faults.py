@@ -14,7 +14,6 @@ own, so the session's server stays up for the rest of the suite.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import secrets
@@ -22,15 +21,31 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from support import stacks
-from support.appserver import AppServer
+from support import logs, stacks
+from support.activity import (
+    backend_pids,
+    backend_waiting,
+    backends_of_process,
+    sample_backends,
+    server_log_since,
+    statements_logged,
+)
+from support.appserver import AppServer, AppServers
+from support.concurrency import (
+    Load,
+    Outcome,
+    Send,
+    in_parallel,
+    start_in_thread,
+    summary,
+    timed,
+)
 from support.postgres import PostgresServer, application_name_for
 from support.tcpproxy import TcpProxy
 from support.waiting import wait_until
@@ -43,7 +58,7 @@ TIMED_OUT = re.compile(r"(Connection|connection) timed out|timeout expired")
 NO_SLOTS = re.compile(r"too many clients already|remaining connection slots are reserved")
 
 
-# -- helpers -------------------------------------------------------------------------
+# -- fixtures and senders (the machinery itself is in tests/support/) -------------------
 
 
 @pytest.fixture
@@ -54,17 +69,13 @@ def run_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable
     server: ``env`` carries the whole DATABASE_URL. If the test fails, the
     gunicorn logs are added to its report (conftest's report hook).
     """
-    started: list[AppServer] = []
-    request.node.djpool_app_servers = started
+    servers = AppServers(request.node)
 
     def start(env: dict[str, str], stack: str = stacks.DEFAULT_STACK, **options: Any) -> AppServer:
-        server = AppServer(stack, env, log_dir=tmp_path, **options)
-        started.append(server)
-        return server.start()
+        return servers.start(AppServer(stack, env, log_dir=tmp_path, **options))
 
     yield start
-    for server in reversed(started):
-        server.stop()
+    servers.stop_all()
 
 
 @pytest.fixture
@@ -92,223 +103,12 @@ def proxy(pg: PostgresServer) -> Iterator[TcpProxy]:
         yield running
 
 
-@dataclass
-class Outcome:
-    """One HTTP request of a load: when it ran and what the client got."""
-
-    started: float
-    ended: float
-    status: int | None  # None: no HTTP answer at all (the connection dropped)
-    body: Any
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
+def sql(app: AppServer, *statements: str, atomic: bool = False) -> Send:
+    return lambda: app.sql(*statements, atomic=atomic, timeout=REQUEST_TIMEOUT)
 
 
-def timed(send: Callable[[], tuple[int, Any]]) -> Outcome:
-    started = time.monotonic()
-    try:
-        status, body = send()
-    except (OSError, http.client.HTTPException) as error:  # refused, reset, cut short
-        status, body = None, repr(error)
-    return Outcome(started, time.monotonic(), status, body)
-
-
-class Load:
-    """``clients`` threads sending requests back to back until stop().
-
-    Bounded: each thread stops after ``max_requests`` requests or
-    ``max_seconds``, whichever comes first, and every request has a timeout.
-    """
-
-    def __init__(self, send: Callable[[], tuple[int, Any]], clients: int, *,
-                 max_requests: int = 3000, max_seconds: float = 90.0) -> None:
-        self.send = send
-        self.max_requests = max_requests
-        self.deadline = time.monotonic() + max_seconds
-        self._outcomes: list[Outcome] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True)
-                         for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _client(self) -> None:
-        for _ in range(self.max_requests):
-            if self._stop.is_set() or time.monotonic() > self.deadline:
-                return
-            outcome = timed(self.send)
-            with self._lock:
-                self._outcomes.append(outcome)
-
-    def outcomes(self) -> list[Outcome]:
-        with self._lock:
-            return list(self._outcomes)
-
-    def wait_for_successes(self, count: int, since: float = 0.0, timeout: float = 60.0) -> None:
-        """Poll until ``count`` requests that started at or after ``since`` succeeded."""
-        wait_until(lambda: sum(1 for o in self.outcomes() if o.ok and o.started >= since) >= count,
-                   timeout=timeout, message=lambda: f"{count} successful requests; got "
-                   f"{summary(o for o in self.outcomes() if o.started >= since)}")
-
-    def stop(self) -> list[Outcome]:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=REQUEST_TIMEOUT + 10)
-        assert not any(thread.is_alive() for thread in self._threads), "a client thread hangs"
-        return self.outcomes()
-
-
-def summary(outcomes: Any) -> str:
-    """A short description of failures for assertion messages."""
-    outcomes = list(outcomes)
-    failed = [o for o in outcomes if not o.ok]
-    shown = [(o.status, str(o.body)[:160]) for o in failed[:5]]
-    return f"{len(outcomes)} requests, {len(failed)} failed: {shown}"
-
-
-def in_parallel(sends: list[Callable[[], tuple[int, Any]]],
-                timeout: float = 60.0) -> list[Outcome]:
-    """Send these requests at once, one thread each; their outcomes in the same order."""
-    results: list[Outcome | None] = [None] * len(sends)
-    start = threading.Barrier(len(sends))
-
-    def run(index: int) -> None:
-        start.wait(timeout=30)
-        results[index] = timed(sends[index])
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(sends))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=timeout)
-    assert not any(thread.is_alive() for thread in threads), "a request hangs"
-    return [result for result in results if result is not None]
-
-
-def pool_of(app: AppServer) -> dict[str, Any]:
-    """The one pool of the worker that answered /pool/."""
-    status, body = app.get("/pool/")
-    assert status == 200 and body["pools"] is not None, f"/pool/ answered {status} {body}"
-    [pool] = body["pools"]
-    return pool
-
-
-def settled_pool(app: AppServer, checkedin: int | None = None) -> dict[str, Any]:
-    """/pool/ once nothing is checked out (connections go back after the response is sent)."""
-    def settled() -> dict[str, Any] | None:
-        pool = pool_of(app)
-        if pool["checkedout"] != 0:
-            return None
-        if checkedin is not None and pool["checkedin"] != checkedin:
-            return None
-        return pool
-
-    return wait_until(settled, timeout=30, message="the pool with nothing checked out")
-
-
-def sql(app: AppServer, *statements: str, atomic: bool = False) -> Callable[[], tuple[int, Any]]:
-    return lambda: app.post_json("/sql/", {"sql": list(statements), "atomic": atomic},
-                                 timeout=REQUEST_TIMEOUT)
-
-
-def get(app: AppServer, path: str) -> Callable[[], tuple[int, Any]]:
+def get(app: AppServer, path: str) -> Send:
     return lambda: app.get(path, timeout=REQUEST_TIMEOUT)
-
-
-def backend_waiting(pg: PostgresServer, appname: str, state: str, marker: str) -> tuple[int, int]:
-    """(pid, client_port) of the app's backend in ``state`` whose query contains ``marker``."""
-    def find() -> list[tuple[Any, ...]]:
-        return pg.query(
-            "SELECT pid, client_port FROM pg_stat_activity"
-            " WHERE application_name = %s AND state = %s AND position(%s in query) > 0",
-            [appname, state, marker])
-
-    [(pid, port)] = wait_until(find, timeout=30,
-                               message=f"a backend of {appname} {state} with {marker!r}")
-    return pid, port
-
-
-def backend_pids(pg: PostgresServer, appname: str) -> set[int]:
-    return {backend.pid for backend in pg.backends(application_name=appname)}
-
-
-class BackendSampler:
-    """Counts the app's backends in pg_stat_activity every few ms; remembers the highest count."""
-
-    def __init__(self, pg: PostgresServer, appname: str) -> None:
-        self.pg = pg
-        self.appname = appname
-        self.highest = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BackendSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            [(count,)] = self.pg.query(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                [self.appname])
-            self.highest = max(self.highest, count)
-            self.samples += 1
-            self._stop.wait(0.005)
-
-
-def statements_logged(pg: PostgresServer, since: int, appname: str) -> list[tuple[int, str]]:
-    """(backend pid, statement) of ``appname``'s log_statement lines after byte ``since``."""
-    with open(pg.log_path, "rb") as log:
-        log.seek(since)
-        text = log.read().decode(errors="replace")
-    pattern = re.compile(rf"\[(\d+)\] \S+ app={re.escape(appname)} LOG:  statement: (.*)$",
-                         re.MULTILINE)
-    return [(int(pid), statement.strip()) for pid, statement in pattern.findall(text)]
-
-
-def worker_client_ports(worker_pid: int) -> set[int]:
-    """Local ports of the worker's TCP sockets (pg_stat_activity.client_port), from /proc."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{worker_pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{worker_pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def backends_of_worker(pg: PostgresServer, appname: str, worker_pid: int) -> set[int]:
-    ports = worker_client_ports(worker_pid)
-    rows = pg.query("SELECT pid, client_port FROM pg_stat_activity WHERE application_name = %s",
-                    [appname])
-    return {pid for pid, port in rows if port in ports}
 
 
 # -- the proxy itself ------------------------------------------------------------------
@@ -317,12 +117,17 @@ def backends_of_worker(pg: PostgresServer, appname: str, worker_pid: int) -> set
 def test_proxy_cuts_and_black_holes_links_and_resumes_them(pg, appname):
     """The fault injector does what the other tests rely on, seen from a libpq client."""
     with TcpProxy(pg.host, pg.port) as proxy:
-        params = {"port": proxy.port, "sslmode": "require", "application_name": appname,
-                  "autocommit": True}
+        params = {
+            "port": proxy.port,
+            "sslmode": "require",
+            "application_name": appname,
+            "autocommit": True,
+        }
         with pg.connect(**params) as first, pg.connect(**params) as second:
             assert proxy.links() == 2
-            [(port,)] = pg.query("SELECT client_port FROM pg_stat_activity WHERE pid = %s",
-                                 [first.info.backend_pid])
+            [(port,)] = pg.query(
+                "SELECT client_port FROM pg_stat_activity WHERE pid = %s", [first.info.backend_pid]
+            )
             assert proxy.cut("rst", pg_client_port=port) == 1
             with pytest.raises(psycopg.OperationalError):
                 first.execute("SELECT 1")
@@ -343,7 +148,8 @@ def test_proxy_cuts_and_black_holes_links_and_resumes_them(pg, appname):
             assert proxy.stall() == proxy.links()
             answer: list[Any] = []
             waiting = threading.Thread(
-                target=lambda: answer.append(conn.execute("SELECT 4").fetchone()))
+                target=lambda: answer.append(conn.execute("SELECT 4").fetchone())
+            )
             waiting.start()
             waiting.join(timeout=1.0)
             assert waiting.is_alive() and not answer, "a stalled link delivered a reply"
@@ -358,12 +164,16 @@ def test_proxy_cuts_and_black_holes_links_and_resumes_them(pg, appname):
 def test_requests_succeed_again_one_second_after_a_restart(own_pg, run_app, appname):
     """Fast shutdown then start under load: no dead pooled connection is handed out afterwards."""
     server = own_pg()
-    app = run_app({"DATABASE_URL": server.url(sslmode="require", application_name=appname),
-                   "POOL_SIZE": "3"}, workers=2, threads=3)
+    app = run_app(
+        {"DATABASE_URL": server.url(sslmode="require", application_name=appname), "POOL_SIZE": "3"},
+        workers=2,
+        threads=3,
+    )
     with Load(get(app, "/pid/"), clients=6) as load:
         load.wait_for_successes(30)
-        [(before,)] = server.query("SELECT count(*) FROM pg_stat_activity"
-                                   " WHERE application_name = %s", [appname])
+        [(before,)] = server.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [appname]
+        )
         assert before >= 2, "the pools hold connections when the server goes down"
         down = time.monotonic()
         server.restart("fast")
@@ -379,8 +189,10 @@ def test_requests_succeed_again_one_second_after_a_restart(own_pg, run_app, appn
     late = [o for o in outcomes if o.started >= ready + 1.0]
     assert late and all(o.ok for o in late), summary(late)
     early = [o for o in outcomes if ready <= o.started < ready + 1.0]
-    print(f"restart: {len(during)} requests during the outage ({summary(during)}); "
-          f"in the first second after it: {summary(early)}; afterwards: {summary(late)}")
+    print(
+        f"restart: {len(during)} requests during the outage ({summary(during)}); "
+        f"in the first second after it: {summary(early)}; afterwards: {summary(late)}"
+    )
     pids_after = {o.body["pid"] for o in late}
     assert pids_before and not pids_before & pids_after
     assert len(backend_pids(server, appname)) <= 2 * 3
@@ -402,31 +214,43 @@ def warm_pool(app: AppServer, size: int) -> set[int]:
     """Check out ``size`` connections at once so the pool holds that many; their backend pids."""
     outcomes = in_parallel([get(app, "/slow/?ms=400")] * size)
     assert all(o.ok for o in outcomes), summary(outcomes)
-    pool = settled_pool(app, checkedin=size)
+    pool = app.settled_pool(checkedin=size)
     assert pool["connects"] == size
     return set(pool["idle_backend_pids"])
 
 
 def test_killed_idle_connections_are_replaced_and_healthy_ones_cost_no_ping(
-        pg, logged_role, run_app, appname):
-    app = run_app({"DATABASE_URL": pg.url(user=logged_role, sslmode="require",
-                                          application_name=appname), "POOL_SIZE": "4"},
-                  workers=1, threads=4)
+    pg, logged_role, run_app, appname
+):
+    app = run_app(
+        {
+            "DATABASE_URL": pg.url(user=logged_role, sslmode="require", application_name=appname),
+            "POOL_SIZE": "4",
+        },
+        workers=1,
+        threads=4,
+    )
     pooled = warm_pool(app, 4)
     assert pooled == backend_pids(pg, appname)
 
     # Healthy: N requests from 4 clients, not one ping.
-    log_start = pg.log_path.stat().st_size
+    log_start = logs.size(pg.log_path)
     healthy = in_parallel([get(app, "/pid/")] * 40)
     assert all(o.ok for o in healthy), summary(healthy)
-    wait_until(lambda: sum(1 for _pid, s in statements_logged(pg, log_start, appname)
-                           if s == "DISCARD ALL") >= 40, message="40 resets in the log")
+    wait_until(
+        lambda: (
+            sum(1 for _pid, s in statements_logged(pg, log_start, appname) if s == "DISCARD ALL")
+            >= 40
+        ),
+        message="40 resets in the log",
+    )
     logged = statements_logged(pg, log_start, appname)
     assert [s for _pid, s in logged if s == "SELECT 1"] == [], "a healthy checkout pinged"
     # Not one round trip beyond the request's own query and the reset at checkin.
-    assert sorted(s for _pid, s in logged) == ["DISCARD ALL"] * 40 + \
-        ["SELECT pg_backend_pid()"] * 40
-    pool = settled_pool(app, checkedin=4)
+    assert (
+        sorted(s for _pid, s in logged) == ["DISCARD ALL"] * 40 + ["SELECT pg_backend_pid()"] * 40
+    )
+    pool = app.settled_pool(checkedin=4)
     assert (pool["connects"], pool["invalidated"]) == (4, 0)
 
     # Kill two of the four while they sit idle in the pool, as an idle timeout would.
@@ -435,7 +259,7 @@ def test_killed_idle_connections_are_replaced_and_healthy_ones_cost_no_ping(
         pg.query("SELECT pg_terminate_backend(%s)", [pid])
     wait_until(lambda: not killed & backend_pids(pg, appname), message="killed backends gone")
     opened_before = pg.connections_opened(application_name=appname)
-    log_start = pg.log_path.stat().st_size
+    log_start = logs.size(pg.log_path)
 
     # Four at once take every pooled connection, the two dead ones included.
     after = in_parallel([get(app, "/slow/?ms=300")] * 4)
@@ -443,7 +267,7 @@ def test_killed_idle_connections_are_replaced_and_healthy_ones_cost_no_ping(
     assert all(o.ok for o in after), summary(after)
     used = {o.body["pid"] for o in after}
     assert not used & killed, "a killed connection was handed out"
-    pool = settled_pool(app, checkedin=4)
+    pool = app.settled_pool(checkedin=4)
     assert pool["invalidated"] == 2, pool  # each dead one noticed at checkout, once
     assert pool["connects"] == 6, pool  # and replaced
     assert pg.connections_opened(application_name=appname) == opened_before + 2
@@ -454,17 +278,29 @@ def test_killed_idle_connections_are_replaced_and_healthy_ones_cost_no_ping(
 
 
 def test_conn_health_checks_pings_every_reuse_and_the_log_shows_it(
-        pg, logged_role, run_app, appname):
+    pg, logged_role, run_app, appname
+):
     """The control of the test above: the log does show pings when there are pings."""
-    app = run_app({"DATABASE_URL": pg.url(user=logged_role, sslmode="require",
-                                          application_name=appname),
-                   "POOL_SIZE": "2", "APP_CONN_HEALTH_CHECKS": "1"}, workers=1, threads=2)
-    log_start = pg.log_path.stat().st_size
+    app = run_app(
+        {
+            "DATABASE_URL": pg.url(user=logged_role, sslmode="require", application_name=appname),
+            "POOL_SIZE": "2",
+            "APP_CONN_HEALTH_CHECKS": "1",
+        },
+        workers=1,
+        threads=2,
+    )
+    log_start = logs.size(pg.log_path)
     for _ in range(10):
         assert app.get("/pid/")[0] == 200
-    pool = settled_pool(app)
-    wait_until(lambda: sum(1 for _pid, s in statements_logged(pg, log_start, appname)
-                           if s == "DISCARD ALL") >= 10, message="10 resets in the log")
+    pool = app.settled_pool()
+    wait_until(
+        lambda: (
+            sum(1 for _pid, s in statements_logged(pg, log_start, appname) if s == "DISCARD ALL")
+            >= 10
+        ),
+        message="10 resets in the log",
+    )
     pings = [s for _pid, s in statements_logged(pg, log_start, appname) if s == "SELECT 1"]
     assert len(pings) == pool["checkouts"] - pool["connects"] >= 8
 
@@ -487,20 +323,13 @@ def assert_discarded(app: AppServer, pid: int) -> dict[str, Any]:
     check would throw it away later. The reset's one warning says it was the
     checkin that discarded it.
     """
-    pool = settled_pool(app)
+    pool = app.settled_pool()
     assert pid not in pool["idle_backend_pids"], f"the broken connection is back: {pool}"
     assert pool["idle_broken"] == 0, f"a broken connection waits in the pool: {pool}"
     assert pool["invalidated"] == 1, pool
     discarded = [line for line in app.log_text().splitlines() if RESET_FAILED in line]
     assert len(discarded) == 1, discarded
     return pool
-
-
-def start_victim(send: Callable[[], tuple[int, Any]]) -> tuple[threading.Thread, list[Outcome]]:
-    answer: list[Outcome] = []
-    request = threading.Thread(target=lambda: answer.append(timed(send)), daemon=True)
-    request.start()
-    return request, answer
 
 
 def assert_others_fine(app: AppServer, outcomes: list[Outcome], pid: int, since: float) -> None:
@@ -510,15 +339,57 @@ def assert_others_fine(app: AppServer, outcomes: list[Outcome], pid: int, since:
     assert pid not in {o.body["pid"] for o in outcomes if o.started >= since}
 
 
+Victim = tuple[threading.Thread, list[Outcome], int, int]
+
+
+def victim_query(
+    app: AppServer, pg: PostgresServer, appname: str, seconds: int, label: str = "victim"
+) -> Victim:
+    """Start a request whose query sleeps ``seconds`` on the server.
+
+    Returns once the query runs: (the request's thread, its outcome once it
+    ended, the backend's pid, its client_port, by which the proxy finds the link).
+    """
+    marker = f"{label}-{secrets.token_hex(4)}"
+    request, victim = start_in_thread(sql(app, f"SELECT '{marker}', pg_sleep({seconds})"))
+    pid, port = backend_waiting(pg, appname, "active", marker)
+    return request, victim, pid, port
+
+
+def victim_transaction(
+    app: AppServer, pg: PostgresServer, appname: str, name: str, release: Path
+) -> Victim:
+    """Start a request that inserts item ``name`` in atomic() and waits for ``release`` to exist.
+
+    Returns once its transaction is open and idle, as ``victim_query`` does.
+    """
+    request, victim = start_in_thread(get(app, f"/pause-in-atomic/?name={name}&release={release}"))
+    pid, port = backend_waiting(pg, appname, "idle in transaction", name)
+    return request, victim, pid, port
+
+
+def failed_with_operational_error(victim: list[Outcome]) -> Outcome:
+    [failed] = victim
+    assert failed.status == 500 and failed.body["error"] == "OperationalError", failed
+    return failed
+
+
+def assert_rolled_back(pg: PostgresServer, appname: str, pid: int, name: str) -> None:
+    """The server saw the link go, ended the session and rolled the insert of ``name`` back."""
+    wait_until(lambda: pid not in backend_pids(pg, appname), message="the backend ended")
+    assert pg.query("SELECT count(*) FROM core_item WHERE name = %s", [name], dbname="app") == [
+        (0,)
+    ]
+
+
 @pytest.mark.parametrize("how", ["rst", "fin"])
 def test_link_cut_mid_query_fails_that_request_only(pg, proxy, run_app, appname, how):
-    app = run_app({"DATABASE_URL": through_proxy(pg, proxy, appname), "POOL_SIZE": "3"},
-                  workers=1, threads=4)
-    marker = f"victim-{secrets.token_hex(4)}"
+    app = run_app(
+        {"DATABASE_URL": through_proxy(pg, proxy, appname), "POOL_SIZE": "3"}, workers=1, threads=4
+    )
     with Load(get(app, "/pid/"), clients=2) as load:
         load.wait_for_successes(10)
-        request, victim = start_victim(sql(app, f"SELECT '{marker}', pg_sleep(8)"))
-        pid, port = backend_waiting(pg, appname, "active", marker)
+        request, victim, pid, port = victim_query(app, pg, appname, 8)
         held = time.monotonic()
         load.wait_for_successes(20, since=held)  # alongside the victim's query
     outcomes = load.stop()  # quiet, so the pool is seen as the victim's checkin leaves it
@@ -527,8 +398,7 @@ def test_link_cut_mid_query_fails_that_request_only(pg, proxy, run_app, appname,
     request.join(timeout=REQUEST_TIMEOUT)
     pg.query("SELECT pg_terminate_backend(%s)", [pid])  # it would sleep on, talking to no one
 
-    [failed] = victim
-    assert failed.status == 500 and failed.body["error"] == "OperationalError", failed
+    failed = failed_with_operational_error(victim)
     assert failed.body["pid"] == pid and failed.ended - cut_at < 10
     assert_discarded(app, pid)
     assert_others_fine(app, outcomes, pid, since=held)
@@ -536,16 +406,16 @@ def test_link_cut_mid_query_fails_that_request_only(pg, proxy, run_app, appname,
 
 @pytest.mark.parametrize("how", ["rst", "fin"])
 def test_link_cut_mid_transaction_fails_that_request_and_rolls_back(
-        pg, proxy, run_app, appname, migrated, tmp_path, how):
-    app = run_app({"DATABASE_URL": through_proxy(pg, proxy, appname), "POOL_SIZE": "3"},
-                  workers=1, threads=4)
+    pg, proxy, run_app, appname, migrated, tmp_path, how
+):
+    app = run_app(
+        {"DATABASE_URL": through_proxy(pg, proxy, appname), "POOL_SIZE": "3"}, workers=1, threads=4
+    )
     name = f"cut-mid-transaction-{secrets.token_hex(4)}"
     release = tmp_path / "release"
     with Load(get(app, "/pid/"), clients=2) as load:
         load.wait_for_successes(10)
-        request, victim = start_victim(
-            get(app, f"/pause-in-atomic/?name={name}&release={release}"))
-        pid, port = backend_waiting(pg, appname, "idle in transaction", name)
+        request, victim, pid, port = victim_transaction(app, pg, appname, name, release)
         held = time.monotonic()
         assert proxy.cut(how, pg_client_port=port) == 1
         load.wait_for_successes(20, since=time.monotonic())  # the others, after the cut
@@ -553,29 +423,31 @@ def test_link_cut_mid_transaction_fails_that_request_and_rolls_back(
     release.touch()  # the view goes on with its next statement, on the cut link
     request.join(timeout=REQUEST_TIMEOUT)
 
-    [failed] = victim
-    assert failed.status == 500 and failed.body["error"] == "OperationalError", failed
+    failed_with_operational_error(victim)
     assert_discarded(app, pid)
     assert_others_fine(app, outcomes, pid, since=held)
-    # The server saw the link go, ended the session and rolled the insert back.
-    wait_until(lambda: pid not in backend_pids(pg, appname), message="the backend ended")
-    assert pg.query("SELECT count(*) FROM core_item WHERE name = %s", [name],
-                    dbname="app") == [(0,)]
+    assert_rolled_back(pg, appname, pid, name)
 
 
 # libpq's own bounds, as a Heroku user puts them in DATABASE_URL's query.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 1, "keepalives_interval": 1,
-              "keepalives_count": 2, "tcp_user_timeout": 2000}
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 1,
+    "keepalives_interval": 1,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 2000,
+}
 
 
 def test_link_stalled_mid_query_is_bounded_by_keepalives(pg, proxy, run_app, appname):
-    app = run_app({"DATABASE_URL": through_proxy(pg, proxy, appname, **KEEPALIVES),
-                   "POOL_SIZE": "3"}, workers=1, threads=4)
-    marker = f"victim-{secrets.token_hex(4)}"
+    app = run_app(
+        {"DATABASE_URL": through_proxy(pg, proxy, appname, **KEEPALIVES), "POOL_SIZE": "3"},
+        workers=1,
+        threads=4,
+    )
     with Load(get(app, "/pid/"), clients=2) as load:
         load.wait_for_successes(10)
-        request, victim = start_victim(sql(app, f"SELECT '{marker}', pg_sleep(20)"))
-        pid, port = backend_waiting(pg, appname, "active", marker)
+        request, victim, pid, port = victim_query(app, pg, appname, 20)
         held = stalled_at = time.monotonic()
         assert proxy.stall(pg_client_port=port) == 1
         load.wait_for_successes(20, since=stalled_at)  # the others carry on meanwhile
@@ -584,8 +456,7 @@ def test_link_stalled_mid_query_is_bounded_by_keepalives(pg, proxy, run_app, app
     proxy.cut("rst", pg_client_port=port)
     pg.query("SELECT pg_terminate_backend(%s)", [pid])
 
-    [failed] = victim
-    assert failed.status == 500 and failed.body["error"] == "OperationalError", failed
+    failed = failed_with_operational_error(victim)
     assert TIMED_OUT.search(failed.body["message"]), failed.body
     # keepalives_idle + keepalives_interval x keepalives_count = 3 s, far below pg_sleep(20)
     assert failed.ended - stalled_at < 12
@@ -594,16 +465,18 @@ def test_link_stalled_mid_query_is_bounded_by_keepalives(pg, proxy, run_app, app
 
 
 def test_link_stalled_mid_transaction_is_bounded_by_tcp_user_timeout(
-        pg, proxy, run_app, appname, migrated, tmp_path):
-    app = run_app({"DATABASE_URL": through_proxy(pg, proxy, appname, **KEEPALIVES),
-                   "POOL_SIZE": "3"}, workers=1, threads=4)
+    pg, proxy, run_app, appname, migrated, tmp_path
+):
+    app = run_app(
+        {"DATABASE_URL": through_proxy(pg, proxy, appname, **KEEPALIVES), "POOL_SIZE": "3"},
+        workers=1,
+        threads=4,
+    )
     name = f"stall-mid-transaction-{secrets.token_hex(4)}"
     release = tmp_path / "release"
     with Load(get(app, "/pid/"), clients=2) as load:
         load.wait_for_successes(10)
-        request, victim = start_victim(
-            get(app, f"/pause-in-atomic/?name={name}&release={release}"))
-        pid, port = backend_waiting(pg, appname, "idle in transaction", name)
+        request, victim, pid, port = victim_transaction(app, pg, appname, name, release)
         held = time.monotonic()
         assert proxy.stall(pg_client_port=port) == 1
         load.wait_for_successes(20, since=time.monotonic())  # the others carry on meanwhile
@@ -613,15 +486,12 @@ def test_link_stalled_mid_transaction_is_bounded_by_tcp_user_timeout(
     request.join(timeout=REQUEST_TIMEOUT)
     proxy.cut("rst", pg_client_port=port)  # the server's side learns it now
 
-    [failed] = victim
-    assert failed.status == 500 and failed.body["error"] == "OperationalError", failed
+    failed = failed_with_operational_error(victim)
     assert TIMED_OUT.search(failed.body["message"]), failed.body
     assert failed.ended - released_at < 12
     assert_discarded(app, pid)
     assert_others_fine(app, outcomes, pid, since=held)
-    wait_until(lambda: pid not in backend_pids(pg, appname), message="the backend ended")
-    assert pg.query("SELECT count(*) FROM core_item WHERE name = %s", [name],
-                    dbname="app") == [(0,)]
+    assert_rolled_back(pg, appname, pid, name)
 
 
 def test_statement_timeout_does_not_bound_a_stalled_link(pg, proxy, run_app, appname):
@@ -631,26 +501,31 @@ def test_statement_timeout_does_not_bound_a_stalled_link(pg, proxy, run_app, app
     in the black hole with everything else; the request waits until the link
     comes back. The connection itself is then fine and goes back to the pool.
     """
-    app = run_app({"DATABASE_URL": through_proxy(
-        pg, proxy, appname, options="-c statement_timeout=500"), "POOL_SIZE": "2"},
-        workers=1, threads=2)
-    marker = f"victim-{secrets.token_hex(4)}"
-    victim: list[Outcome] = []
-    request = threading.Thread(
-        target=lambda: victim.append(timed(sql(app, f"SELECT '{marker}', pg_sleep(5)"))))
-    request.start()
-    pid, port = backend_waiting(pg, appname, "active", marker)
+    app = run_app(
+        {
+            "DATABASE_URL": through_proxy(pg, proxy, appname, options="-c statement_timeout=500"),
+            "POOL_SIZE": "2",
+        },
+        workers=1,
+        threads=2,
+    )
+    request, victim, pid, port = victim_query(app, pg, appname, 5)
     proxy.stall(pg_client_port=port)
     # The server cancels the query after 0.5 s; the client still waits 3 s later.
-    wait_until(lambda: pg.query("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid])
-               != [("active",)], timeout=10, message="the server cancelled the statement")
+    wait_until(
+        lambda: (
+            pg.query("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid]) != [("active",)]
+        ),
+        timeout=10,
+        message="the server cancelled the statement",
+    )
     request.join(timeout=3.0)
     assert request.is_alive() and not victim, "the stalled request ended without the link"
     proxy.resume()
     request.join(timeout=REQUEST_TIMEOUT)
     [answer] = victim
     assert answer.status == 500 and "statement timeout" in answer.body["message"], answer
-    pool = settled_pool(app)
+    pool = app.settled_pool()
     assert pid in pool["idle_backend_pids"] and pool["invalidated"] == 0, pool
 
 
@@ -658,7 +533,8 @@ def test_statement_timeout_does_not_bound_a_stalled_link(pg, proxy, run_app, app
 
 
 def test_server_at_max_connections_gives_a_clear_error_and_the_pool_recovers(
-        own_pg, run_app, appname):
+    own_pg, run_app, appname
+):
     server = own_pg(max_connections=10)  # 3 of them reserved for superusers
     blockers = []
     try:
@@ -669,8 +545,15 @@ def test_server_at_max_connections_gives_a_clear_error_and_the_pool_recovers(
                 assert NO_SLOTS.search(str(error)), error
                 break
         assert 3 <= len(blockers) < 20
-        app = run_app({"DATABASE_URL": server.url(sslmode="require", application_name=appname),
-                       "POOL_SIZE": "3", "POOL_TIMEOUT": "5"}, workers=1, threads=4)
+        app = run_app(
+            {
+                "DATABASE_URL": server.url(sslmode="require", application_name=appname),
+                "POOL_SIZE": "3",
+                "POOL_TIMEOUT": "5",
+            },
+            workers=1,
+            threads=4,
+        )
 
         for _ in range(4):  # one after the other: each gets the server's refusal, at once
             refused = timed(sql(app, "SELECT pg_backend_pid()"))
@@ -683,16 +566,20 @@ def test_server_at_max_connections_gives_a_clear_error_and_the_pool_recovers(
             assert outcome.status == 500 and outcome.body["error"] == "OperationalError", outcome
             assert NO_SLOTS.search(outcome.body["message"]), outcome.body
             assert outcome.ended - outcome.started < 3, "a request waited for nothing"
-        pool = settled_pool(app)
+        pool = app.settled_pool()
         assert (pool["checkedin"], pool["checkedout"], pool["overflow"]) == (0, 0, -3), pool
         assert backend_pids(server, appname) == set()
 
         blockers.pop().close()  # one slot frees up (once that backend has exited)
-        wait_until(lambda: timed(sql(app, "SELECT pg_backend_pid()")).ok, timeout=15,
-                   interval=0.05, message="a request succeeds once a slot is free")
+        wait_until(
+            lambda: timed(sql(app, "SELECT pg_backend_pid()")).ok,
+            timeout=15,
+            interval=0.05,
+            message="a request succeeds once a slot is free",
+        )
         one = []
         for _ in range(5):  # each once the last is back (it goes back after its response)
-            settled_pool(app)
+            app.settled_pool()
             one.append(timed(sql(app, "SELECT pg_backend_pid()")))
         assert all(o.ok for o in one), summary(one)
         assert len({o.body["pid"] for o in one}) == 1
@@ -700,19 +587,18 @@ def test_server_at_max_connections_gives_a_clear_error_and_the_pool_recovers(
         for blocker in blockers:
             blocker.close()
         blockers.clear()
-        with BackendSampler(server, appname) as sampler:
+        with sample_backends(server, appname) as sampler:
             recovered = in_parallel([sql(app, "SELECT pg_backend_pid(), pg_sleep(0.2)")] * 12)
         assert all(o.ok for o in recovered), summary(recovered)
         assert sampler.highest <= 3
-        pool = settled_pool(app)
+        pool = app.settled_pool()
         assert pool["checkedin"] + pool["checkedout"] <= 3 and pool["checkedout"] == 0
     finally:
         for blocker in blockers:
             blocker.close()
 
 
-def test_a_failed_connect_does_not_make_waiting_requests_wait_pool_timeout(
-        pg, run_app, appname):
+def test_a_failed_connect_does_not_make_waiting_requests_wait_pool_timeout(pg, run_app, appname):
     """Four requests at once, POOL_SIZE=1, a password the server refuses.
 
     Each should get the server's own refusal within about one connect's time,
@@ -723,9 +609,20 @@ def test_a_failed_connect_does_not_make_waiting_requests_wait_pool_timeout(
     while the first connect is under way.
     """
     with TcpProxy(pg.host, pg.port, delay=0.05) as slow_link:
-        app = run_app({"DATABASE_URL": pg.url(password="not-the-password", port=slow_link.port,
-                                              sslmode="require", application_name=appname),
-                       "POOL_SIZE": "1", "POOL_TIMEOUT": "4"}, workers=1, threads=4)
+        app = run_app(
+            {
+                "DATABASE_URL": pg.url(
+                    password="not-the-password",
+                    port=slow_link.port,
+                    sslmode="require",
+                    application_name=appname,
+                ),
+                "POOL_SIZE": "1",
+                "POOL_TIMEOUT": "4",
+            },
+            workers=1,
+            threads=4,
+        )
         outcomes = in_parallel([sql(app, "SELECT 1")] * 4)
     for outcome in outcomes:
         assert outcome.status == 500, outcome
@@ -737,10 +634,18 @@ def test_a_failed_connect_does_not_make_waiting_requests_wait_pool_timeout(
 
 
 def test_a_burst_beyond_the_pool_waits_pool_timeout_then_fails_naming_the_size(
-        pg, run_app, appname):
-    app = run_app({"DATABASE_URL": pg.url(sslmode="require", application_name=appname),
-                   "POOL_SIZE": "2", "POOL_TIMEOUT": "1"}, workers=1, threads=10)
-    with BackendSampler(pg, appname) as sampler:
+    pg, run_app, appname
+):
+    app = run_app(
+        {
+            "DATABASE_URL": pg.url(sslmode="require", application_name=appname),
+            "POOL_SIZE": "2",
+            "POOL_TIMEOUT": "1",
+        },
+        workers=1,
+        threads=10,
+    )
+    with sample_backends(pg, appname) as sampler:
         burst = in_parallel([sql(app, "SELECT pg_backend_pid(), pg_sleep(3)")] * 10)
     succeeded = [o for o in burst if o.ok]
     failed = [o for o in burst if not o.ok]
@@ -752,7 +657,7 @@ def test_a_burst_beyond_the_pool_waits_pool_timeout_then_fails_naming_the_size(
         assert "POOL_SIZE=2" in message and "POOL_TIMEOUT=1s" in message, message
         assert 0.9 <= outcome.ended - outcome.started < 6, "the wait was not bounded"
     assert sampler.highest <= 2 and sampler.samples > 10
-    pool = settled_pool(app, checkedin=2)
+    pool = app.settled_pool(checkedin=2)
     assert pool["checkedout"] == 0
     assert app.get("/pid/")[0] == 200
 
@@ -764,12 +669,23 @@ BAD_REQUESTS = {
     "raise-in-atomic": ("GET", "/raise-in-atomic/?name={name}", None),
     "aborted-autocommit": ("GET", "/aborted/?via=autocommit", None),
     "aborted-begin": ("GET", "/aborted/?via=begin", None),
-    "statement-timeout": ("POST", "/sql/", {"sql": ["SET statement_timeout = '100ms'",
-                                                     "SELECT pg_sleep(2)"]}),
-    "statement-timeout-in-atomic": ("POST", "/sql/", {
-        "sql": ["INSERT INTO core_item (name, value) VALUES ('{name}', 0)",
-                "SET LOCAL statement_timeout = '100ms'", "SELECT pg_sleep(2)"],
-        "atomic": True}),
+    "statement-timeout": (
+        "POST",
+        "/sql/",
+        {"sql": ["SET statement_timeout = '100ms'", "SELECT pg_sleep(2)"]},
+    ),
+    "statement-timeout-in-atomic": (
+        "POST",
+        "/sql/",
+        {
+            "sql": [
+                "INSERT INTO core_item (name, value) VALUES ('{name}', 0)",
+                "SET LOCAL statement_timeout = '100ms'",
+                "SELECT pg_sleep(2)",
+            ],
+            "atomic": True,
+        },
+    ),
 }
 
 
@@ -777,17 +693,16 @@ BAD_REQUESTS = {
 def single_connection_app(request, pg, migrated, tmp_path_factory) -> Iterator[AppServer]:
     """One worker, one thread, POOL_SIZE=1: every request gets the same connection."""
     appname = application_name_for(f"{request.node.nodeid}::bad-state[{request.param}]")
-    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=appname),
-           "POOL_SIZE": "1"}
-    with AppServer(request.param, env, workers=1, threads=1,
-                   log_dir=tmp_path_factory.mktemp("app")) as app:
+    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=appname), "POOL_SIZE": "1"}
+    with AppServer(
+        request.param, env, workers=1, threads=1, log_dir=tmp_path_factory.mktemp("app")
+    ) as app:
         app.appname = appname  # type: ignore[attr-defined]
         yield app
 
 
 @pytest.mark.parametrize("kind", list(BAD_REQUESTS))
-def test_the_next_request_gets_a_clean_connection_after_a_bad_one(
-        single_connection_app, pg, kind):
+def test_the_next_request_gets_a_clean_connection_after_a_bad_one(single_connection_app, pg, kind):
     app = single_connection_app
     name = f"bad-{kind}-{secrets.token_hex(4)}"
     status, before = app.get("/pid/")
@@ -808,15 +723,24 @@ def test_the_next_request_gets_a_clean_connection_after_a_bad_one(
         assert status == 500
 
     # Back in the pool: the reset left the session idle, outside any transaction.
-    wait_until(lambda: pg.query("SELECT state, query FROM pg_stat_activity WHERE pid = %s",
-                                [pid]) == [("idle", "DISCARD ALL")],
-               message="the connection reset and idle in the pool")
-    status, after = app.post_json("/sql/", {"sql": [
-        "SELECT 1",
-        "SELECT pg_backend_pid(), xact_start = query_start,"
-        " current_setting('statement_timeout'), (SELECT count(*) FROM core_item"
-        f" WHERE name = '{name}') FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-    ]})
+    wait_until(
+        lambda: (
+            pg.query("SELECT state, query FROM pg_stat_activity WHERE pid = %s", [pid])
+            == [("idle", "DISCARD ALL")]
+        ),
+        message="the connection reset and idle in the pool",
+    )
+    status, after = app.post_json(
+        "/sql/",
+        {
+            "sql": [
+                "SELECT 1",
+                "SELECT pg_backend_pid(), xact_start = query_start,"
+                " current_setting('statement_timeout'), (SELECT count(*) FROM core_item"
+                f" WHERE name = '{name}') FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            ]
+        },
+    )
     assert status == 200, after
     assert after["rows"] == [[pid, True, "0", 0]], after  # same backend, fresh transaction
     assert app.post_json("/sql/", {"sql": ["SELECT pg_sleep(0.3)"]})[0] == 200
@@ -825,10 +749,12 @@ def test_the_next_request_gets_a_clean_connection_after_a_bad_one(
 # -- a gunicorn worker dies ----------------------------------------------------------------------
 
 
-def test_a_sigkilled_worker_leaves_no_orphan_and_connections_stay_bounded(
-        pg, run_app, appname):
-    app = run_app({"DATABASE_URL": pg.url(sslmode="require", application_name=appname),
-                   "POOL_SIZE": "2"}, workers=2, threads=2)
+def test_a_sigkilled_worker_leaves_no_orphan_and_connections_stay_bounded(pg, run_app, appname):
+    app = run_app(
+        {"DATABASE_URL": pg.url(sslmode="require", application_name=appname), "POOL_SIZE": "2"},
+        workers=2,
+        threads=2,
+    )
     workers = app.worker_pids()
     assert len(workers) == 2
     owned: dict[int, set[int]] = {}
@@ -836,23 +762,33 @@ def test_a_sigkilled_worker_leaves_no_orphan_and_connections_stay_bounded(
     def both_workers_hold_connections() -> bool:
         outcomes = in_parallel([get(app, "/slow/?ms=200")] * 6)
         assert all(o.ok for o in outcomes), summary(outcomes)
-        owned.update({w: backends_of_worker(pg, appname, w) for w in workers})
+        owned.update({w: backends_of_process(pg, appname, w) for w in workers})
         return all(owned.values())
 
-    wait_until(both_workers_hold_connections, timeout=60, interval=0.1,
-               message=lambda: f"connections in both workers: {owned}")
+    wait_until(
+        both_workers_hold_connections,
+        timeout=60,
+        interval=0.1,
+        message=lambda: f"connections in both workers: {owned}",
+    )
     victim = workers[0]
     orphans = owned[victim]
-    log_start = pg.log_path.stat().st_size
-    with BackendSampler(pg, appname) as sampler, Load(get(app, "/pid/"), clients=3) as load:
+    log_start = logs.size(pg.log_path)
+    with sample_backends(pg, appname) as sampler, Load(get(app, "/pid/"), clients=3) as load:
         load.wait_for_successes(10)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
-        wait_until(lambda: not orphans & backend_pids(pg, appname), timeout=30,
-                   message="the dead worker's backends ended")
+        wait_until(
+            lambda: not orphans & backend_pids(pg, appname),
+            timeout=30,
+            message="the dead worker's backends ended",
+        )
         gone_after = time.monotonic() - killed_at
-        wait_until(lambda: len(app.worker_pids()) == 2 and victim not in app.worker_pids(),
-                   timeout=60, message="gunicorn started a new worker")
+        wait_until(
+            lambda: len(app.worker_pids()) == 2 and victim not in app.worker_pids(),
+            timeout=60,
+            message="gunicorn started a new worker",
+        )
         load.wait_for_successes(30, since=time.monotonic())
     outcomes = load.stop()
 
@@ -862,9 +798,7 @@ def test_a_sigkilled_worker_leaves_no_orphan_and_connections_stay_bounded(
     # Server detection, not POOL_RECYCLE (3600 s): the kernel closed the dead worker's
     # sockets, each idle backend read end of file and ended at once.
     assert gone_after < 10
-    with open(pg.log_path, "rb") as log:
-        log.seek(log_start)
-        text = log.read().decode(errors="replace")
+    text = server_log_since(pg, log_start)
     for pid in orphans:
         assert re.search(rf"\[{pid}\] .*disconnection: session time", text), pid
     print(f"SIGKILL: {len(orphans)} orphan backends ended {gone_after:.3f} s after the kill")
@@ -872,7 +806,8 @@ def test_a_sigkilled_worker_leaves_no_orphan_and_connections_stay_bounded(
 
 @pytest.mark.parametrize("stack", DRIVER_STACKS)
 def test_a_timed_out_worker_leaves_its_busy_backend_at_most_until_the_query_ends(
-        pg, run_app, appname, stack):
+    pg, run_app, appname, stack
+):
     """gunicorn --timeout kills a sync worker stuck in a slow request.
 
     What ends the busy backend depends on the driver, and the test pins both:
@@ -885,35 +820,37 @@ def test_a_timed_out_worker_leaves_its_busy_backend_at_most_until_the_query_ends
       reset ("could not receive data from client").
     Either way the server detects it, long before POOL_RECYCLE (3600 s).
     """
-    app = run_app({"DATABASE_URL": pg.url(sslmode="require", application_name=appname),
-                   "POOL_SIZE": "2"}, stack=stack, workers=1, worker_class="sync",
-                  extra_args=["--timeout", "2", "--graceful-timeout", "1"])
+    app = run_app(
+        {"DATABASE_URL": pg.url(sslmode="require", application_name=appname), "POOL_SIZE": "2"},
+        stack=stack,
+        workers=1,
+        worker_class="sync",
+        extra_args=["--timeout", "2", "--graceful-timeout", "1"],
+    )
     [worker] = app.worker_pids()
-    marker = f"slow-{secrets.token_hex(4)}"
-    log_start = pg.log_path.stat().st_size
-    with BackendSampler(pg, appname) as sampler:
-        victim: list[Outcome] = []
-        request = threading.Thread(
-            target=lambda: victim.append(timed(sql(app, f"SELECT '{marker}', pg_sleep(6)"))))
-        request.start()
-        busy, _port = backend_waiting(pg, appname, "active", marker)
+    log_start = logs.size(pg.log_path)
+    with sample_backends(pg, appname) as sampler:
+        request, victim, busy, _port = victim_query(app, pg, appname, 6, label="slow")
         started = time.monotonic()
-        wait_until(lambda: worker not in app.worker_pids(), timeout=30,
-                   message="gunicorn killed the timed-out worker")
+        wait_until(
+            lambda: worker not in app.worker_pids(),
+            timeout=30,
+            message="gunicorn killed the timed-out worker",
+        )
         killed_after = time.monotonic() - started
         request.join(timeout=REQUEST_TIMEOUT)
-        wait_until(lambda: busy not in backend_pids(pg, appname), timeout=30,
-                   message="the orphaned busy backend ended")
+        wait_until(
+            lambda: busy not in backend_pids(pg, appname),
+            timeout=30,
+            message="the orphaned busy backend ended",
+        )
         ended_after = time.monotonic() - started
         wait_until(lambda: len(app.worker_pids()) == 1, timeout=60, message="a new worker")
         assert app.get("/pid/")[0] == 200
     [answer] = victim
     assert not answer.ok, answer
     assert sampler.highest <= 2
-    with open(pg.log_path, "rb") as log:
-        log.seek(log_start)
-        lines = [line for line in log.read().decode(errors="replace").splitlines()
-                 if f"[{busy}]" in line]
+    lines = [line for line in server_log_since(pg, log_start).splitlines() if f"[{busy}]" in line]
     assert any("disconnection: session time" in line for line in lines), lines
     assert killed_after < 6, killed_after
     if stack.endswith("psycopg3"):
@@ -922,5 +859,7 @@ def test_a_timed_out_worker_leaves_its_busy_backend_at_most_until_the_query_ends
     else:
         assert any("could not receive data from client" in line for line in lines), lines
         assert 5 <= ended_after < 20, (killed_after, ended_after)
-    print(f"--timeout ({stack}): worker killed {killed_after:.1f} s into pg_sleep(6); "
-          f"its backend ended {ended_after:.1f} s in")
+    print(
+        f"--timeout ({stack}): worker killed {killed_after:.1f} s into pg_sleep(6); "
+        f"its backend ended {ended_after:.1f} s in"
+    )

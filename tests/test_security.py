@@ -15,11 +15,9 @@ Through HTTP, on gunicorn with the shim, against a real PostgreSQL:
 
 from __future__ import annotations
 
-import http.client
 import json
 import secrets
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,38 +25,16 @@ from urllib.parse import quote
 
 import pytest
 
-from support import stacks
+from support import logs, stacks
+from support.activity import server_log_since
 from support.appserver import AppServer, AppServerFailed
-from support.postgres import PostgresServer, application_name_for, free_port
+from support.concurrency import in_parallel, summary
+from support.postgres import PostgresServer, application_name_for
+from support.procs import free_port
 from support.waiting import wait_until
 
 DRIVER_STACKS = ["dj52-psycopg3", "dj52-psycopg2"]
 CERTIFICATE_ERROR = "certificate verify failed"
-
-
-def in_parallel(sends: list[Callable[[], tuple[int, Any]]]) -> list[tuple[int, Any]]:
-    """Send these requests at once; their (status, body) in order, or the exception's repr."""
-    results: list[Any] = [None] * len(sends)
-    barrier = threading.Barrier(len(sends))
-
-    def run(index: int) -> None:
-        barrier.wait(timeout=30)
-        try:
-            results[index] = sends[index]()
-        except (OSError, http.client.HTTPException) as error:
-            results[index] = (None, repr(error))
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(sends))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=90)
-    assert not any(thread.is_alive() for thread in threads), "a request hangs"
-    return results
-
-
-def sql_request(app: AppServer, *statements: str) -> Callable[[], tuple[int, Any]]:
-    return lambda: app.post_json("/sql/", {"sql": list(statements)}, timeout=60)
 
 
 # -- session isolation through HTTP -----------------------------------------------------
@@ -76,10 +52,10 @@ def other_role(pg: PostgresServer) -> str:
 def one_session_app(request, pg, migrated, other_role, tmp_path_factory) -> Iterator[AppServer]:
     """One worker, one thread, POOL_SIZE=1: every request gets the same server session."""
     appname = application_name_for(f"{request.node.nodeid}::isolation[{request.param}]")
-    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=appname),
-           "POOL_SIZE": "1"}
-    with AppServer(request.param, env, workers=1, threads=1,
-                   log_dir=tmp_path_factory.mktemp("app")) as app:
+    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=appname), "POOL_SIZE": "1"}
+    with AppServer(
+        request.param, env, workers=1, threads=1, log_dir=tmp_path_factory.mktemp("app")
+    ) as app:
         yield app
 
 
@@ -87,16 +63,19 @@ def one_session_app(request, pg, migrated, other_role, tmp_path_factory) -> Iter
 # {mark} is replaced by a value unique to the test.
 LEFT_BEHIND: dict[str, tuple[list[str], list[list[Any]], list[str], list[list[Any]]]] = {
     "set": (
-        ["SET work_mem = '7777kB'",
-         "SELECT setting, source FROM pg_settings WHERE name = 'work_mem'"],
+        [
+            "SET work_mem = '7777kB'",
+            "SELECT setting, source FROM pg_settings WHERE name = 'work_mem'",
+        ],
         [["7777", "session"]],
-        ["SELECT setting = '7777' OR source = 'session' FROM pg_settings"
-         " WHERE name = 'work_mem'"],
+        ["SELECT setting = '7777' OR source = 'session' FROM pg_settings WHERE name = 'work_mem'"],
         [[False]],
     ),
     "set_config": (
-        ["SELECT set_config('djpool.secret', '{mark}', false)",
-         "SELECT current_setting('djpool.secret', true)"],
+        [
+            "SELECT set_config('djpool.secret', '{mark}', false)",
+            "SELECT current_setting('djpool.secret', true)",
+        ],
         [["{mark}"]],
         ["SELECT coalesce(current_setting('djpool.secret', true), '')"],
         [[""]],
@@ -108,8 +87,10 @@ LEFT_BEHIND: dict[str, tuple[list[str], list[list[Any]], list[str], list[list[An
         [["app", "app"]],
     ),
     "temp_table": (
-        ["CREATE TEMP TABLE djpool_secret AS SELECT '{mark}'::text AS v",
-         "SELECT v FROM djpool_secret"],
+        [
+            "CREATE TEMP TABLE djpool_secret AS SELECT '{mark}'::text AS v",
+            "SELECT v FROM djpool_secret",
+        ],
         [["{mark}"]],
         ["SELECT to_regclass('pg_temp.djpool_secret') IS NULL"],
         [[True]],
@@ -127,18 +108,25 @@ LEFT_BEHIND: dict[str, tuple[list[str], list[list[Any]], list[str], list[list[An
         [[0]],
     ),
     "advisory_lock": (
-        ["SELECT pg_advisory_lock(hashtext('{mark}'))",
-         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"],
+        [
+            "SELECT pg_advisory_lock(hashtext('{mark}'))",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        ],
         [[1]],
         ["SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"],
         [[0]],
     ),
     "open_transaction": (
-        ["BEGIN", "INSERT INTO core_item (name, value) VALUES ('{mark}', 1)",
-         "SELECT count(*) FROM core_item WHERE name = '{mark}'"],
+        [
+            "BEGIN",
+            "INSERT INTO core_item (name, value) VALUES ('{mark}', 1)",
+            "SELECT count(*) FROM core_item WHERE name = '{mark}'",
+        ],
         [[1]],
-        ["SELECT (SELECT count(*) FROM core_item WHERE name = '{mark}'),"
-         " xact_start = query_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"],
+        [
+            "SELECT (SELECT count(*) FROM core_item WHERE name = '{mark}'),"
+            " xact_start = query_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        ],
         [[0, True]],
     ),
 }
@@ -153,8 +141,7 @@ def fill(value: Any, mark: str) -> Any:
 
 
 @pytest.mark.parametrize("kind", list(LEFT_BEHIND))
-def test_the_next_request_on_the_same_backend_sees_nothing_of_the_last(one_session_app, pg,
-                                                                        kind):
+def test_the_next_request_on_the_same_backend_sees_nothing_of_the_last(one_session_app, pg, kind):
     app = one_session_app
     mark = f"left-by-a-{secrets.token_hex(6)}"
     a_statements, a_rows, b_statements, b_rows = fill(LEFT_BEHIND[kind], mark)
@@ -166,16 +153,18 @@ def test_the_next_request_on_the_same_backend_sees_nothing_of_the_last(one_sessi
     assert b["pid"] == a["pid"], "B must run on A's server session for the test to mean anything"
     assert b["rows"] == b_rows, f"request B saw what A left: {b}"
     if kind == "advisory_lock":  # and nobody else is kept from the lock
-        assert pg.query("SELECT pg_try_advisory_lock(hashtext(%s)),"
-                        " pg_advisory_unlock(hashtext(%s))", [mark, mark], dbname="app") \
-            == [(True, True)]
+        assert pg.query(
+            "SELECT pg_try_advisory_lock(hashtext(%s)), pg_advisory_unlock(hashtext(%s))",
+            [mark, mark],
+            dbname="app",
+        ) == [(True, True)]
     if kind == "open_transaction":
-        assert pg.query("SELECT count(*) FROM core_item WHERE name = %s", [mark],
-                        dbname="app") == [(0,)]
+        assert pg.query("SELECT count(*) FROM core_item WHERE name = %s", [mark], dbname="app") == [
+            (0,)
+        ]
 
 
-def test_a_with_hold_cursor_of_an_unfinished_iterator_is_gone_for_the_next_request(
-        one_session_app):
+def test_a_with_hold_cursor_of_an_unfinished_iterator_is_gone_for_the_next_request(one_session_app):
     app = one_session_app
     status, a = app.get("/iterate/")
     assert status == 200
@@ -202,44 +191,60 @@ BAD_INPUTS: dict[str, tuple[Callable[[PostgresServer, str], str], str]] = {
     # name: (DATABASE_URL from (server, password), text the outcome must show)
     "wrong password": (
         lambda pg, pw: pg.url(password=pw, sslmode="require"),
-        "password authentication failed"),
+        "password authentication failed",
+    ),
     "wrong port": (
         lambda pg, pw: f"postgres://app:{q(pw)}@127.0.0.1:{free_port()}/app?sslmode=require",
-        "Connection refused"),
+        "Connection refused",
+    ),
     "wrong host (no such socket directory)": (
         lambda pg, pw: f"postgres://app:{q(pw)}@%2Fnonexistent%2Fdjpool/app",
-        "No such file or directory"),
+        "No such file or directory",
+    ),
     "port not a number": (
         lambda pg, pw: f"postgres://app:{q(pw)}@127.0.0.1:port/app",
-        "DATABASE_URL=<"),
+        "DATABASE_URL=<",
+    ),
     "not PostgreSQL": (
         lambda pg, pw: f"mysql://app:{q(pw)}@127.0.0.1:{pg.port}/app",
-        "not a PostgreSQL URL"),
+        "not a PostgreSQL URL",
+    ),
     "no database name": (
         lambda pg, pw: f"postgres://app:{q(pw)}@127.0.0.1:{pg.port}",
-        "no database name"),
+        "no database name",
+    ),
     "password not quoted": (
         lambda pg, pw: f"postgres://app:{pw}@127.0.0.1:{pg.port}/app",
-        "DATABASE_URL=<"),
+        "DATABASE_URL=<",
+    ),
 }
 
 
 # A refused login goes through each driver's error path; the other inputs fail in libpq
 # (same for both drivers) or before any driver, so one stack is enough for them.
-@pytest.mark.parametrize(("bad", "stack"), [
-    ("wrong password", "dj52-psycopg2"),
-    *[(bad, stacks.DEFAULT_STACK) for bad in BAD_INPUTS],
-])
+@pytest.mark.parametrize(
+    ("bad", "stack"),
+    [
+        ("wrong password", "dj52-psycopg2"),
+        *[(bad, stacks.DEFAULT_STACK) for bad in BAD_INPUTS],
+    ],
+)
 def test_no_password_in_logs_error_pages_or_tracebacks(pg, tmp_path, appname, bad, stack):
     password, token = secret_password()
     make_url, evidence = BAD_INPUTS[bad]
     url = make_url(pg, password)
     assert token in url
-    log_start = pg.log_path.stat().st_size
+    log_start = logs.size(pg.log_path)
     seen: list[str] = []
 
-    app = AppServer(stack, {"DATABASE_URL": url, "POOL_SIZE": "1", "POOL_TIMEOUT": "2"},
-                    workers=1, threads=2, log_dir=tmp_path, start_timeout=30)
+    app = AppServer(
+        stack,
+        {"DATABASE_URL": url, "POOL_SIZE": "1", "POOL_TIMEOUT": "2"},
+        workers=1,
+        threads=2,
+        log_dir=tmp_path,
+        start_timeout=30,
+    )
     try:
         app.start()
     except AppServerFailed as error:  # the settings cannot even be loaded: the boot traceback
@@ -252,31 +257,43 @@ def test_no_password_in_logs_error_pages_or_tracebacks(pg, tmp_path, appname, ba
         app.stop()
     seen.append(app.log_text())
     # A one-off process (heroku run) whose first query fails: its traceback on stderr.
-    one_off = stacks.run_manage(stack, "shell", "-c",
-                                "from django.db import connection; connection.ensure_connection()",
-                                env={"DATABASE_URL": url}, timeout=60)
+    one_off = stacks.run_manage(
+        stack,
+        "shell",
+        "-c",
+        "from django.db import connection; connection.ensure_connection()",
+        env={"DATABASE_URL": url},
+        timeout=60,
+    )
     seen += [one_off.stdout, one_off.stderr]
-    with open(pg.log_path, "rb") as log:
-        log.seek(log_start)
-        seen.append(log.read().decode(errors="replace"))
+    seen.append(server_log_since(pg, log_start))
 
     everything = "\n".join(seen)
     assert evidence in everything, f"the bad input was not exercised:\n{everything[-3000:]}"
     assert "djpool:" in everything
     assert token not in everything, "the password leaked:\n" + "\n".join(
-        line for line in everything.splitlines() if token in line)
+        line for line in everything.splitlines() if token in line
+    )
 
 
 @pytest.mark.parametrize("stack", DRIVER_STACKS)
-def test_no_password_in_pool_reprs_start_line_or_exhaustion_errors(pg, tmp_path, appname,
-                                                                  stack):
+def test_no_password_in_pool_reprs_start_line_or_exhaustion_errors(pg, tmp_path, appname, stack):
     password = pg.password_of("app")
-    app = AppServer(stack, {"DATABASE_URL": pg.url(sslmode="require", application_name=appname),
-                            "POOL_SIZE": "1", "POOL_TIMEOUT": "0.5"},
-                    workers=1, threads=3, log_dir=tmp_path)
+    app = AppServer(
+        stack,
+        {
+            "DATABASE_URL": pg.url(sslmode="require", application_name=appname),
+            "POOL_SIZE": "1",
+            "POOL_TIMEOUT": "0.5",
+        },
+        workers=1,
+        threads=3,
+        log_dir=tmp_path,
+    )
     with app:
-        answers = in_parallel([sql_request(app, "SELECT pg_sleep(1.5)")] * 3)
+        outcomes = in_parallel([lambda: app.sql("SELECT pg_sleep(1.5)")] * 3, timeout=90)
         status, pools = app.get("/pool/?repr=1")
+    answers = [(o.status, o.body) for o in outcomes]
     assert status == 200 and pools["pools"], pools
     [pool] = pools["pools"]
     assert {"registry_repr", "entry_repr", "pool_repr", "status"} <= set(pool)
@@ -292,8 +309,7 @@ def test_no_password_in_pool_reprs_start_line_or_exhaustion_errors(pg, tmp_path,
 
 
 def openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"openssl {' '.join(args)}:\n{result.stderr}"
 
 
@@ -318,25 +334,68 @@ def tls(tmp_path_factory) -> Iterator[dict[str, Any]]:
         server.create_database("app", owner="app")
         hba = server.data_dir / "pg_hba.conf"
         rules = hba.read_text().replace(
-            "hostnossl  all", "hostnossl  all       app   127.0.0.1/32  scram-sha-256\n"
-                              "hostnossl  all", 1)
+            "hostnossl  all",
+            "hostnossl  all       app   127.0.0.1/32  scram-sha-256\nhostnossl  all",
+            1,
+        )
         hba.write_text(rules)
         server.settings["ssl_ca_file"] = str(server.ca_cert_path)
         server.restart()
 
         files = tmp_path_factory.mktemp("tls")
         ca_dir = server.base_dir / "tls"
-        (files / "client.ext").write_text("basicConstraints = CA:FALSE\n"
-                                          "keyUsage = digitalSignature\n"
-                                          "extendedKeyUsage = clientAuth\n")
+        (files / "client.ext").write_text(
+            "basicConstraints = CA:FALSE\n"
+            "keyUsage = digitalSignature\n"
+            "extendedKeyUsage = clientAuth\n"
+        )
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        openssl("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr",
-                "-subj", CLIENT_DN, cwd=files)
-        openssl("x509", "-req", "-in", "client.csr", "-CA", str(ca_dir / "ca.crt"),
-                "-CAkey", str(ca_dir / "ca.key"), "-set_serial", "2", "-days", "2",
-                "-extfile", "client.ext", "-out", "client.crt", cwd=files)
-        openssl("req", "-x509", "-new", *ec, "-keyout", "wrong-ca.key", "-out", "wrong-ca.crt",
-                "-days", "2", "-subj", "/CN=a CA that signed nothing here", cwd=files)
+        openssl(
+            "req",
+            "-new",
+            *ec,
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            CLIENT_DN,
+            cwd=files,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            str(ca_dir / "ca.crt"),
+            "-CAkey",
+            str(ca_dir / "ca.key"),
+            "-set_serial",
+            "2",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.crt",
+            cwd=files,
+        )
+        openssl(
+            "req",
+            "-x509",
+            "-new",
+            *ec,
+            "-keyout",
+            "wrong-ca.key",
+            "-out",
+            "wrong-ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=a CA that signed nothing here",
+            cwd=files,
+        )
         (files / "client.key").chmod(0o600)
         yield {
             "server": server,
@@ -354,32 +413,40 @@ def app_env(tls: dict[str, Any], appname: str, source: str, options: dict[str, s
     server = tls["server"]
     if source == "url":
         return {"DATABASE_URL": server.url(application_name=appname, **options)}
-    return {"DATABASE_URL": server.url(application_name=appname),
-            "APP_DB_OPTIONS": json.dumps(options)}
+    return {
+        "DATABASE_URL": server.url(application_name=appname),
+        "APP_DB_OPTIONS": json.dumps(options),
+    }
 
 
 def ssl_of_backends(server: PostgresServer, appname: str) -> list[tuple[bool, str | None]]:
     return server.query(
         "SELECT s.ssl, s.client_dn FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
-        " WHERE a.application_name = %s ORDER BY a.pid", [appname])
+        " WHERE a.application_name = %s ORDER BY a.pid",
+        [appname],
+    )
 
 
 def fill_the_pool(app: AppServer, size: int) -> None:
-    answers = in_parallel([lambda: app.get("/slow/?ms=300", timeout=60)] * size)
-    assert all(status == 200 for status, _body in answers), answers
-    answers = in_parallel([lambda: app.get("/pid/", timeout=60)] * 12)
-    assert all(status == 200 for status, _body in answers), answers
+    answers = in_parallel([lambda: app.get("/slow/?ms=300", timeout=60)] * size, timeout=90)
+    assert all(o.ok for o in answers), summary(answers)
+    answers = in_parallel([lambda: app.get("/pid/", timeout=60)] * 12, timeout=90)
+    assert all(o.ok for o in answers), summary(answers)
 
 
 # Each sslmode from each source once, each driver twice (pairwise, to keep the run short).
-@pytest.mark.parametrize(("sslmode", "source", "stack"), [
-    ("require", "url", "dj52-psycopg3"),
-    ("require", "settings", "dj52-psycopg2"),
-    ("verify-full", "url", "dj52-psycopg2"),
-    ("verify-full", "settings", "dj52-psycopg3"),
-])
-def test_tls_settings_are_on_every_pooled_connection(tls, tmp_path, appname, stack, source,
-                                                     sslmode):
+@pytest.mark.parametrize(
+    ("sslmode", "source", "stack"),
+    [
+        ("require", "url", "dj52-psycopg3"),
+        ("require", "settings", "dj52-psycopg2"),
+        ("verify-full", "url", "dj52-psycopg2"),
+        ("verify-full", "settings", "dj52-psycopg3"),
+    ],
+)
+def test_tls_settings_are_on_every_pooled_connection(
+    tls, tmp_path, appname, stack, source, sslmode
+):
     options = {"sslmode": sslmode, "sslcert": tls["cert"], "sslkey": tls["key"]}
     if sslmode == "verify-full":
         options["sslrootcert"] = tls["right_ca"]
@@ -399,17 +466,18 @@ def test_the_tls_check_can_see_a_connection_without_tls(tls, tmp_path, appname):
     assert backends == [(False, None)] * 2, backends
 
 
-@pytest.mark.parametrize(("source", "stack"), [("url", "dj52-psycopg3"),
-                                               ("settings", "dj52-psycopg2")])
+@pytest.mark.parametrize(
+    ("source", "stack"), [("url", "dj52-psycopg3"), ("settings", "dj52-psycopg2")]
+)
 def test_verify_full_with_a_wrong_ca_connects_nothing(tls, tmp_path, appname, stack, source):
     server = tls["server"]
     options = {"sslmode": "verify-full", "sslrootcert": tls["wrong_ca"]}
     env = {**app_env(tls, appname, source, options), "POOL_SIZE": "3"}
     with AppServer(stack, env, workers=1, threads=3, log_dir=tmp_path) as app:
-        answers = in_parallel([sql_request(app, "SELECT pg_backend_pid()")] * 6)
-        for status, body in answers:
-            assert status == 500 and body["error"] == "OperationalError", body
-            assert CERTIFICATE_ERROR in body["message"], body
+        answers = in_parallel([lambda: app.sql("SELECT pg_backend_pid()")] * 6, timeout=90)
+        for answer in answers:
+            assert answer.status == 500 and answer.body["error"] == "OperationalError", answer
+            assert CERTIFICATE_ERROR in answer.body["message"], answer
         status, pools = app.get("/pool/")
     assert status == 200
     for pool in pools["pools"]:

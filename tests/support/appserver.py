@@ -4,7 +4,8 @@ Usage::
 
     with AppServer("dj52-psycopg3", {"DATABASE_URL": url, "POOL_SIZE": "2"}) as app:
         status, body = app.get("/pid/")
-        status, body = app.post_json("/sql/", {"sql": ["SELECT 1"]})
+        status, body = app.sql("SELECT 1")   # POST /sql/
+        app.pool()           # the answering worker's pool, from /pool/ (no query)
         app.log_text()       # everything gunicorn and the app printed, djpool's lines too
 
 The process starts like ``web: gunicorn testproj.wsgi`` in a Procfile: the
@@ -15,30 +16,26 @@ PYTHONPATH unless ``shim=False``.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from support.postgres import free_port
+from support import logs, procs
+from support.httpclient import HttpMethods
 from support.stacks import APP_DIR, DEFAULT_STACK, bin_path, stack_env
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+from support.waiting import wait_until
 
 
 class AppServerFailed(RuntimeError):
     """gunicorn did not come up (the message ends with its log)."""
 
 
-class AppServer:
+class AppServer(HttpMethods):
     """gunicorn serving testproj.wsgi on 127.0.0.1, started by start() or ``with``.
 
     Parameters:
@@ -104,16 +101,26 @@ class AppServer:
 
     def command(self) -> list[str]:
         args = [
-            str(bin_path(self.stack, "gunicorn")), "testproj.wsgi",
-            "--chdir", str(APP_DIR),
-            "--bind", f"127.0.0.1:{self.port}",
-            "--worker-class", self.worker_class,
-            "--workers", str(self.workers),
-            "--graceful-timeout", "10",
-            "--timeout", "120",
-            "--access-logfile", "-",
-            "--error-logfile", "-",
-            "--log-level", "info",
+            str(bin_path(self.stack, "gunicorn")),
+            "testproj.wsgi",
+            "--chdir",
+            str(APP_DIR),
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--worker-class",
+            self.worker_class,
+            "--workers",
+            str(self.workers),
+            "--graceful-timeout",
+            "10",
+            "--timeout",
+            "120",
+            "--access-logfile",
+            "-",
+            "--error-logfile",
+            "-",
+            "--log-level",
+            "info",
         ]
         if self.worker_class == "gthread":
             args += ["--threads", str(self.threads)]
@@ -131,12 +138,16 @@ class AppServer:
             return self
         for attempt in range(3):
             if self.port is None:
-                self.port = free_port()
-            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+                self.port = procs.free_port()
+            offset = logs.size(self.log_path)
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(
-                    self.command(), cwd=APP_DIR, env=self.process_env(),
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    self.command(),
+                    cwd=APP_DIR,
+                    env=self.process_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group: stop() kills workers too
                 )
             try:
@@ -157,15 +168,13 @@ class AppServer:
             if self.process is None or self.process.poll() is not None:
                 raise AppServerFailed(self._failure("gunicorn exited", offset))
             if not healthy:
-                try:
-                    healthy = self.get("/health/", timeout=2)[0] == 200
-                except OSError:
-                    healthy = False
+                healthy = self.answers("/health/", timeout=2)
             if healthy and self._log_since(offset).count("Booting worker") >= self.workers:
                 return
             if time.monotonic() > deadline:
-                raise AppServerFailed(self._failure(
-                    f"not ready after {self.start_timeout:.0f} s", offset))
+                raise AppServerFailed(
+                    self._failure(f"not ready after {self.start_timeout:.0f} s", offset)
+                )
             time.sleep(0.02)
 
     def stop(self, timeout: float = 30.0) -> int | None:
@@ -176,19 +185,8 @@ class AppServer:
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            try:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
         # A master that would not stop, or workers it left behind, go with the group.
-        if process.poll() is None or _group_members(process.pid):
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        return process.wait(timeout=30)
+        return procs.stop_group(process, timeout)
 
     def __enter__(self) -> AppServer:
         return self.start()
@@ -196,83 +194,87 @@ class AppServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    # -- requests ------------------------------------------------------------
+    # -- requests (request, get, post_json: HttpMethods) -------------------
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: Mapping[str, str] | None = None,
-                timeout: float = 60) -> tuple[int, Any]:
-        """One HTTP request; (status, body parsed as JSON when it is JSON, else text)."""
-        request = urllib.request.Request(self.base_url + path, data=body, method=method,
-                                         headers=dict(headers or {}))
-        try:
-            with _NO_PROXY.open(request, timeout=timeout) as response:
-                return response.status, _parse(response.headers, response.read())
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, _parse(error.headers, error.read())
+    def sql(self, *statements: str, atomic: bool = False, timeout: float = 60) -> tuple[int, Any]:
+        """POST /sql/: run ``statements`` in one request (in one transaction if ``atomic``)."""
+        return self.post_json("/sql/", {"sql": list(statements), "atomic": atomic}, timeout=timeout)
 
-    def get(self, path: str, timeout: float = 60) -> tuple[int, Any]:
-        return self.request("GET", path, timeout=timeout)
+    def pool(self) -> dict[str, Any]:
+        """The one pool of the worker that answered /pool/ (which reads it without a query)."""
+        status, body = self.get("/pool/")
+        assert status == 200 and body["pools"] is not None, f"/pool/ answered {status} {body}"
+        pools: list[dict[str, Any]] = body["pools"]
+        assert len(pools) == 1, f"/pool/ shows {len(pools)} pools, not one: {body}"
+        return pools[0]
 
-    def post_json(self, path: str, obj: Any, timeout: float = 60) -> tuple[int, Any]:
-        return self.request("POST", path, json.dumps(obj).encode(),
-                            {"Content-Type": "application/json"}, timeout=timeout)
+    def settled_pool(self, checkedin: int | None = None, timeout: float = 30) -> dict[str, Any]:
+        """/pool/ once nothing is checked out (and ``checkedin`` are in, if given).
+
+        A connection goes back after the response is sent, so a pool read right
+        after a request may still show it checked out: poll, do not sleep.
+        """
+
+        def settled() -> dict[str, Any] | None:
+            pool = self.pool()
+            if pool["checkedout"] != 0:
+                return None
+            if checkedin is not None and pool["checkedin"] != checkedin:
+                return None
+            return pool
+
+        return wait_until(settled, timeout=timeout, message="the pool with nothing checked out")
 
     # -- looking at it -------------------------------------------------------
 
     def log_text(self) -> str:
         """Everything gunicorn, the app and the shim printed so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return logs.read_text(self.log_path)
 
     def djpool_lines(self) -> list[str]:
-        return [line for line in self.log_text().splitlines() if line.startswith("djpool:")]
+        """The lines djpool printed in gunicorn's log."""
+        return logs.djpool_lines(self.log_text())
 
     def worker_pids(self) -> list[int]:
         """The pids of gunicorn's workers (children of the master), from /proc."""
-        master = self.master_pid
-        return sorted(pid for pid, ppid, _pgrp in _processes() if ppid == master)
+        return procs.children_of(self.master_pid)
 
     def _log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(offset)
-                return log.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return logs.read_since(self.log_path, offset)
 
     def _failure(self, what: str, offset: int) -> str:
         tail = "\n".join(self._log_since(offset).splitlines()[-60:])
         return f"gunicorn ({self.stack}) on port {self.port}: {what}. Its log:\n{tail}"
 
 
-def _parse(headers: Any, raw: bytes) -> Any:
-    text = raw.decode(errors="replace")
-    if "json" in (headers.get("Content-Type") or ""):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-    return text
+class AppServers:
+    """The app servers one test starts, all stopped by stop_all() (or at the end of ``with``).
 
+    With the test's pytest item as ``node``, the servers are also its
+    ``djpool_app_servers``, so conftest's report hook adds their logs to a
+    failure report, a server that failed to start included. A fixture::
 
-def _processes() -> list[tuple[int, int, int]]:
-    """(pid, ppid, process group) of every process, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:
-            continue
-        # the command name may hold spaces and parentheses: split after the last ")"
-        fields = stat[stat.rindex(")") + 2:].split()
-        found.append((int(entry), int(fields[1]), int(fields[2])))
-    return found
+        servers = AppServers(request.node)
+        yield lambda env, **options: servers.start(AppServer(env=env, **options))
+        servers.stop_all()
+    """
 
+    def __init__(self, node: Any = None) -> None:
+        self.started: list[AppServer] = []
+        if node is not None:
+            node.djpool_app_servers = self.started
 
-def _group_members(pgid: int) -> list[int]:
-    return [pid for pid, _ppid, pgrp in _processes() if pgrp == pgid]
+    def start(self, server: AppServer) -> AppServer:
+        """Start ``server`` (and remember it first, so that its log is reported if it fails)."""
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in reversed(self.started):
+            server.stop()
+
+    def __enter__(self) -> AppServers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()

@@ -67,10 +67,13 @@ class HttpMethods:
     """``request``/``get``/``post_json`` against ``self.base_url``, for servers under test.
 
     A class that serves HTTP (AppServer, the emulator's Dyno) inherits these
-    and sets ``base_url`` (e.g. a property built from its port).
+    and overrides ``base_url`` (a property: the port may be known only once started).
     """
 
-    base_url: str
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` with no slash at the end."""
+        raise NotImplementedError
 
     def request(
         self,
@@ -84,10 +87,10 @@ class HttpMethods:
         return request(self.base_url + path, method, body, headers, timeout)
 
     def get(self, path: str, timeout: float = 60) -> tuple[int, Any]:
-        return self.request("GET", path, timeout=timeout)
+        return get(self.base_url + path, timeout)
 
     def post_json(self, path: str, obj: Any, timeout: float = 60) -> tuple[int, Any]:
-        return self.request("POST", path, json.dumps(obj).encode(), JSON_HEADERS, timeout=timeout)
+        return post_json(self.base_url + path, obj, timeout)
 
     def answers(self, path: str = "/health/", timeout: float = 2) -> bool:
         """Whether ``path`` answers 200 now (False if nothing listens yet): for readiness polls."""

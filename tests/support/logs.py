@@ -9,15 +9,32 @@ library only, so that tests/support/heroku.py (also run as a script) can use it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 PREFIX = "djpool:"
+RESULT = "RESULT "
 
 
 def djpool_lines(text: str) -> list[str]:
     """The lines of ``text`` that djpool printed (every one starts with ``djpool:``)."""
     return [line for line in text.splitlines() if line.startswith(PREFIX)]
+
+
+def script_results(text: str, prefix: str = RESULT) -> dict[str, Any]:
+    """Merge the JSON objects a test script printed on lines that start with ``prefix``.
+
+    The scripts the tests run in a stack's Python (Django set up, the shim
+    loaded) report what they saw as ``RESULT {json}`` lines on stdout, apart
+    from whatever Django and djpool print.
+    """
+    merged: dict[str, Any] = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            merged.update(json.loads(line[len(prefix) :]))
+    return merged
 
 
 def size(path: str | os.PathLike[str]) -> int:

@@ -26,7 +26,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class ProcessInfo(NamedTuple):
@@ -107,7 +108,7 @@ def stop_group(
 
 def socket_inodes(pid: int) -> set[str]:
     """The inode numbers of the sockets process ``pid`` has open (from /proc/<pid>/fd)."""
-    inodes = set()
+    inodes: set[str] = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:  # gone, or not ours to read

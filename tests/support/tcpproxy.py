@@ -44,7 +44,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 CHUNK = 65536
@@ -104,9 +106,10 @@ class _Link:
     def pg_client_port(self) -> int:
         """The port PostgreSQL sees this link come from (pg_stat_activity.client_port)."""
         try:
-            return self.server.getsockname()[1]
+            port: int = self.server.getsockname()[1]
         except OSError:
             return -1
+        return port
 
 
 class TcpProxy:
@@ -122,8 +125,14 @@ class TcpProxy:
     the target refused, ``links()`` open now.
     """
 
-    def __init__(self, target_host: str, target_port: int, *, delay: float = 0.0,
-                 connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        delay: float = 0.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
         self.target = (target_host, int(target_port))
         self.delay = float(delay)
         self.connect_timeout = connect_timeout
@@ -137,8 +146,9 @@ class TcpProxy:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        self._commands: collections.deque[tuple[Callable[[], Any], list[Any],
-                                                threading.Event]] = collections.deque()
+        self._commands: collections.deque[tuple[Callable[[], Any], list[Any], threading.Event]] = (
+            collections.deque()
+        )
         self._lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------
@@ -154,8 +164,7 @@ class TcpProxy:
         listener.setblocking(False)
         self._listener = listener
         self.port = listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._run, name=f"tcpproxy:{self.port}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"tcpproxy:{self.port}", daemon=True)
         self._thread.start()
         return self
 
@@ -225,13 +234,15 @@ class TcpProxy:
             if now == count:
                 return now
             if time.monotonic() > deadline:
-                raise TimeoutError(f"proxy on port {self.port}: {now} links open, "
-                                   f"expected {count} within {timeout:g} s")
+                raise TimeoutError(
+                    f"proxy on port {self.port}: {now} links open, "
+                    f"expected {count} within {timeout:g} s"
+                )
             time.sleep(0.01)
 
     # -- the loop thread -----------------------------------------------------
 
-    def _call(self, function: Callable[[], Any]) -> Any:
+    def _call(self, function: Callable[[], T]) -> T:
         """Run ``function`` on the loop thread and return its result."""
         if self._thread is None:
             raise RuntimeError("the proxy is not running: call start() first")
@@ -246,7 +257,7 @@ class TcpProxy:
             raise TimeoutError(f"proxy on port {self.port} did not answer within 30 s")
         if outcome and isinstance(outcome[0], BaseException):
             raise outcome[0]
-        return outcome[0] if outcome else None
+        return cast(T, outcome[0] if outcome else None)
 
     def _wake(self) -> None:
         try:
@@ -446,4 +457,3 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
-
