@@ -19,8 +19,9 @@ and without it neither time, is djpool's; one seen once is flaky.
 With ``--pool-size N`` the runs have POOL_SIZE=N, as a small dyno sets it. A
 test that holds more connections of one alias at once than the pool has then
 fails with djpool's "pool ... is exhausted" error; POOL_EXHAUSTION lists those
-tests, and a failure of one of them that shows that error is reported as
-exhaustion, apart from real failures.
+tests. Such a failure only with the shim counts as exhaustion, apart from
+real failures, when the run's output shows that error and the test passes,
+with the shim, when run again alone with a pool as big as it needs.
 
 Prints a table per stack and label (tests run, failures with the shim,
 without, only with the shim) and lists the failing test ids. Every run's
@@ -355,12 +356,16 @@ def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
                timed_out=timed_out, log=str(log_path))
 
 
-def exhausted_by_small_pool(run: Run, problem: str, pool_size: int | None) -> bool:
-    """Whether ``problem`` is a POOL_EXHAUSTION test that got djpool's exhaustion error."""
-    needed = POOL_EXHAUSTION.get(rerun_target(problem))
-    if needed is None or pool_size is None or pool_size >= needed:
-        return False
-    return _EXHAUSTED in excerpt(run, problem, limit=400)
+def exhaustion_suspects(run: Run, problems: Iterable[str], pool_size: int | None) -> list[str]:
+    """The ``problems`` that may be a too small pool: POOL_EXHAUSTION tests needing more
+    than ``pool_size``, in a run whose output shows djpool's exhaustion error (in the
+    test's traceback, or printed by a thread of the test that died of it)."""
+    if pool_size is None:
+        return []
+    suspects = [p for p in problems if POOL_EXHAUSTION.get(rerun_target(p), 0) > pool_size]
+    if not suspects or _EXHAUSTED not in Path(run.log).read_text(errors="replace"):
+        return []
+    return suspects
 
 
 def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path,
@@ -377,14 +382,26 @@ def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path
     result = LabelResult(stack, label, with_shim, without_shim)
     suspects = sorted(with_shim.failed_ids() - without_shim.failed_ids())
     result.known = [p for p in suspects if known(stack, p)]
-    result.exhausted = [p for p in suspects if not known(stack, p)
-                        and exhausted_by_small_pool(with_shim, p, pool_size)]
+    small_pool = exhaustion_suspects(with_shim, [p for p in suspects if not known(stack, p)],
+                                     pool_size)
+    if small_pool:
+        # Confirm: alone, with a pool as big as they need, they pass with the shim.
+        targets = sorted({rerun_target(p) for p in small_pool})
+        big = max(POOL_EXHAUSTION[target] for target in targets)
+        check = run_runtests(stack, label, targets, shim=True, attempt=3,
+                             **{**options, "pool_size": big})
+        echo(f"       {stack} {label} {len(targets)} tests alone with POOL_SIZE={big}: "
+             f"{_brief(check)}")
+        still = {rerun_target(p) for p in check.failed_ids()}
+        if not check.crashed:
+            result.exhausted = [p for p in small_pool if rerun_target(p) not in still]
+        result.second_runs.append(check)
     unexplained = [p for p in suspects if not known(stack, p) and p not in result.exhausted]
     if not unexplained:
         return result
     again = run_runtests(stack, label, [label], shim=True, attempt=2, **options)
     control = run_runtests(stack, label, [label], shim=False, attempt=2, **options)
-    result.second_runs = [again, control]
+    result.second_runs += [again, control]
     for problem in unexplained:
         if problem in again.failed_ids() and problem not in control.failed_ids():
             result.shim_only.append(problem)
