@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import textwrap
@@ -445,6 +446,25 @@ def test_build_puts_djpool_into_a_launch_layer(base_app: CnbApp) -> None:
     assert (launch / "DJPOOL_PYTHON_PREFIX.override").read_text() == str(venv)
     # The app's own venv got nothing.
     assert not list(venv.glob("lib/python*/site-packages/sqlalchemy"))
+
+
+def test_documented_build_output_is_the_real_one(base_app: CnbApp) -> None:
+    """docs/cnb.md's sample build log, against a real build (paths, versions, numbers aside)."""
+    doc = (REPO / "docs" / "cnb.md").read_text()
+    documented = doc.split("After heroku/python, the build log shows:\n\n```\n", 1)[1]
+    documented = documented.split("```", 1)[0]
+    log = base_app.builds[-1].log
+    real = log[log.index("-----> djpool: checking"):]
+    real = real[: real.index("\n", real.index("-----> djpool is installed")) + 1]
+
+    def normal(text: str) -> list[str]:
+        text = text.replace(str(base_app.layers_dir), "/layers")
+        text = re.sub(r"Python \d+\.\d+\.\d+", "Python 3.x.y", text)
+        text = re.sub(r"(POOL_\w+=)\d+", r"\1N", text)
+        text = re.sub(r"(Saved sqlalchemy-[\d.]+-cp3)\S*\.whl", r"\1...", text)
+        return text.splitlines()
+
+    assert normal(real) == normal(documented)
 
 
 def test_launch_layer_names_nothing_that_is_gone_at_launch(base_app: CnbApp) -> None:
