@@ -8,7 +8,7 @@ database client connection pools, next to its own metrics:
     db.client.connection.max               POOL_SIZE + POOL_MAX_OVERFLOW
     db.client.connection.pending_requests  threads waiting for a connection now
     db.client.connection.timeouts          checkouts that gave up (since start)
-    db.client.connection.wait_time         how long checkouts waited (histogram, s)
+    db.client.connection.wait_time         how long checkouts waited (histogram, s; sampled)
 
 each with ``db.client.connection.pool.name`` (the Django alias), and the
 state (``db.client.connection.state`` = ``idle``/``used``) on the count.
@@ -16,8 +16,14 @@ state (``db.client.connection.state`` = ``idle``/``used``) on the count.
 Observable instruments: nothing runs on the checkout path; the values are read
 when the app's metric reader collects. The wait times are recorded into the
 histogram at that moment too, from the waits the pool kept since the last
-collection. ``install`` is called with the first pool (``metrics.on_first_pool``),
-and only if the API can be found: without it nothing of OpenTelemetry is imported.
+collection: all of them up to RECORDED_WAITS, else that many spread evenly
+over their sorted values, so the percentiles hold while the cost stays bounded
+(an SDK histogram's record() costs microseconds: one per checkout would cost
+more than the checkout's own bookkeeping). The histogram's count is therefore
+the waits recorded, not the checkouts.
+
+``install`` is called with the first pool (``metrics.on_first_pool``), and
+only if the API can be found: without it nothing of OpenTelemetry is imported.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
 SCOPE = "djpool"
+RECORDED_WAITS = 100  # most waits recorded into the histogram per pool and collection
 
 
 def available() -> bool:
@@ -75,6 +82,15 @@ class WaitFeed:
         self._seen[id(waits)] = (id(samples), count)
         fresh = min(count - seen, len(samples))
         return list(samples)[len(samples) - fresh :] if fresh > 0 else []
+
+
+def spread(waits: list[float], most: int = RECORDED_WAITS) -> list[float]:
+    """``waits`` if there are at most ``most``; else ``most`` of them evenly spread when sorted."""
+    if len(waits) <= most:
+        return waits
+    ordered = sorted(waits)
+    last = len(ordered) - 1
+    return [ordered[round(i * last / (most - 1))] for i in range(most)]
 
 
 # -- the instruments ------------------------------------------------------------------------
@@ -134,7 +150,7 @@ class Instruments:
         with self._lock:
             for stats, waits in self._read():
                 attributes = {POOL_NAME: str(stats.get("alias", ""))}
-                for seconds in self._feed.new_waits(waits):
+                for seconds in spread(self._feed.new_waits(waits)):
                     self.wait_time.record(seconds, attributes)
                 observations.append(self._observe(stats["idle"], stats, **{STATE: "idle"}))
                 observations.append(self._observe(stats["checked_out"], stats, **{STATE: "used"}))
