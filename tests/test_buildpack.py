@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import stacks
 from support.concurrency import in_threads
 from support.heroku import REPO, HerokuApp, PythonBuildpack
 from support.logs import djpool_lines
@@ -579,4 +580,40 @@ def test_the_apps_own_sqlalchemy_is_kept_and_pools(heroku_dir: Path, dynos, pg, 
     # One worker, one request at a time: one or two connections (the next
     # request can start before the last one's connection is back), reused.
     assert len(pids) <= POOL_SIZE + POOL_MAX_OVERFLOW
+    assert pg.connections_opened(application_name=appname) - before == len(pids)
+
+
+# -- a new app: Python 3.14 (heroku/python's default) and Django 6.1 ------------------
+
+
+def test_a_new_app_on_python_314_and_django_61_builds_and_pools(heroku_dir: Path, dynos, pg,
+                                                                appname: str,
+                                                                database_url: str) -> None:
+    """Built and run inside the forky root filesystem, whose Python 3.14 heroku/python copies."""
+    root = stacks.CHROOTS_DIR / "forky"
+    assert (root / "usr" / "bin" / "python3.14").exists(), stacks.SETUP_CHROOTS_HINT
+    app = HerokuApp(sources("django61"), heroku_dir / "py314", BASE_CONFIG, root=root)
+    build = app.build()
+    assert build.ok, build.log
+    assert re.search(r"Python 3\.14\.\d+ in \.heroku/python", build.stdout)
+    assert "       SQLAlchemy 2.1.9: djpool's private copy" in build.stdout
+    found = subprocess.run(["grep", "-rlF", str(build.build_dir), str(app.runtime_dir)],
+                           capture_output=True, text=True)
+    assert found.returncode == 1, f"files naming the build dir:\n{found.stdout}"
+    release = app.release(env={"DATABASE_URL": database_url})
+    assert release.returncode == 0, release.stderr
+    code = "import django, sys; print(sys.version_info[:2], django.VERSION[:2])"
+    version = app.run(f"python -c {shlex.quote(code)}")
+    assert version.stdout.strip() == "(3, 14) (6, 1)", version.stderr
+
+    web = dynos(app, "web", {"DATABASE_URL": database_url})
+    assert len(djpool_lines(web.log_text())) == 1
+    before = pg.connections_opened(application_name=appname)
+    pids = set()
+    for _ in range(20):
+        status, body = web.get("/pid/")
+        assert status == 200, body
+        pids.add(body["pid"])
+    # Two workers, one request at a time: a few connections, reused.
+    assert len(pids) <= WORKERS * (POOL_SIZE + POOL_MAX_OVERFLOW)
     assert pg.connections_opened(application_name=appname) - before == len(pids)

@@ -62,6 +62,9 @@ STACK = "heroku-24"
 # Where real Python installations for the heroku/python stand-in are kept
 # (one per source Python, made once per machine).
 PYTHON_INSTALLS = REPO / ".venv" / "heroku-python"
+# Runs a command inside a Debian root filesystem of tests/setup_chroots.sh, with
+# the same paths, processes and network: for a Python this machine lacks.
+CHROOT_SH = REPO / "tests" / "support" / "chroot.sh"
 
 # What Heroku's build gives a buildpack besides its three arguments: the stack,
 # HOME (/app) and the base image's PATH. Nothing of the runner's environment.
@@ -110,7 +113,7 @@ def machine_python_home() -> Path:
     return Path(out)
 
 
-def uv_env(home: Path) -> dict[str, str]:
+def uv_env(home: Path, root: Path | None = None) -> dict[str, str]:
     """The environment the stand-in runs uv in: clean, but able to reach the package index.
 
     Only what this machine needs to reach the index is passed on: its TLS
@@ -118,26 +121,40 @@ def uv_env(home: Path) -> dict[str, str]:
     uv's download cache, so that builds download each wheel once per machine.
     Heroku's heroku/python reaches PyPI with neither.
     """
+    cache = os.environ.get("UV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "uv")
+    if root is not None:  # the runner's home is not inside the root filesystem
+        cache = str(PYTHON_INSTALLS / f"uv-cache-{root.name}")
     env = {"PATH": BUILD_BASE_PATH, "HOME": str(home), "UV_PYTHON_DOWNLOADS": "never",
-           "UV_NO_PROGRESS": "1", "UV_LINK_MODE": "copy",
-           "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR")
-           or os.path.join(os.path.expanduser("~"), ".cache", "uv")}
+           "UV_NO_PROGRESS": "1", "UV_LINK_MODE": "copy", "UV_CACHE_DIR": cache}
     if os.environ.get("SSL_CERT_FILE"):
         env["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
     return env
 
 
-def python_install(source_home: Path | None = None) -> Path:
+def in_root(root: Path | None, argv: Sequence[str], cwd: Path | str = "/") -> list[str]:
+    """``argv`` as run inside the root filesystem ``root`` (None: on this machine, as is)."""
+    if root is None:
+        return list(argv)
+    return ["sh", str(CHROOT_SH), str(root), str(REPO), str(cwd), *argv]
+
+
+def python_install(source_home: Path | None = None, *, root: Path | None = None) -> Path:
     """A real Python installation like the one heroku/python downloads, made once per machine.
 
     The interpreter, libpython and the standard library of ``source_home``
-    (default: this machine's python3), without its site-packages: what the
+    (default: this machine's python3; with ``root``, the Debian root
+    filesystem's /usr Python), without its site-packages: what the
     heroku/python stand-in copies into ``BUILD_DIR/.heroku/python``.
     """
-    source = Path(source_home or machine_python_home())
+    if root is not None:  # Debian's /usr/bin/python3.X (python3 itself may be absent)
+        newest = max((root / "usr" / "bin").glob("python3.[0-9]*"),
+                     key=lambda path: int(path.name.split(".")[1]))
+        source, probe = root / "usr", in_root(root, [f"/usr/bin/{newest.name}"])
+    else:
+        source = Path(source_home or machine_python_home())
+        probe = [str(source / "bin" / "python3")]
     version = subprocess.run(
-        [str(source / "bin" / "python3"), "-c",
-         "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.version)"],
+        [*probe, "-c", "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.version)"],
         capture_output=True, text=True, check=True, timeout=60, env={"PATH": BUILD_BASE_PATH},
     ).stdout
     short, full = version.split("\n", 1)
@@ -155,16 +172,43 @@ def python_install(source_home: Path | None = None) -> Path:
     (partial / "lib").mkdir()
     for library in (source / "lib").glob("libpython3*"):
         shutil.copy2(library, partial / "lib" / library.name, follow_symlinks=False)
-    skipped = shutil.ignore_patterns("site-packages", "test", "idlelib", "tkinter",
-                                     "turtledemo", "__pycache__")
+    # Debian's own additions (dist-packages, EXTERNALLY-MANAGED) are not Python's.
+    skipped = shutil.ignore_patterns("site-packages", "dist-packages", "EXTERNALLY-MANAGED",
+                                     "test", "idlelib", "tkinter", "turtledemo", "__pycache__")
     shutil.copytree(source / "lib" / stdlib, partial / "lib" / stdlib, ignore=skipped,
                     symlinks=True)
     (partial / "lib" / stdlib / "site-packages").mkdir()
+    if root is not None:
+        undo_debian_layout(partial / "lib" / stdlib)
     try:
         partial.rename(target)
     except OSError:  # another process made it first
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+# Debian patches its Python to install packages into local/ (posix_local
+# scheme: local/bin, local/lib/python3.X/dist-packages). Its site module,
+# frozen into the interpreter, searches lib/python3/dist-packages too, which
+# is where its deb_system scheme installs, with scripts in bin/ as upstream
+# CPython's scheme does. The copy installs there (edit: Debian's default, ours),
+# so the app's packages are importable and its scripts (gunicorn) are on
+# heroku/python's PATH, as with heroku/python's own Python.
+DEBIAN_LAYOUT_EDITS = {
+    "sysconfig/__init__.py": ("            prefix_scheme = 'posix_local'",
+                              "            prefix_scheme = 'deb_system'"),
+}
+
+
+def undo_debian_layout(stdlib: Path) -> None:
+    """Make a copied Debian standard library install packages where its site module looks."""
+    for name, (debian, upstream) in DEBIAN_LAYOUT_EDITS.items():
+        path = stdlib / name
+        text = path.read_text()
+        if debian not in text:
+            raise EmulatorError(f"{path} no longer holds Debian's layout choice {debian!r}")
+        path.unlink()  # a hard link of the root filesystem's file: write a new one
+        path.write_text(text.replace(debian, upstream, 1))
 
 
 def copy_tree_linked(source: Path, target: Path) -> None:
@@ -189,12 +233,15 @@ class PythonBuildpack:
     """
 
     def __init__(self, python_home: Path | None = None, uv: str | None = None, *,
-                 with_pip: bool = True) -> None:
+                 with_pip: bool = True, root: Path | None = None) -> None:
         """python_home: the installation to copy (default: this machine's python3).
-        with_pip=False: no pip, as heroku/python leaves uv and Poetry apps."""
+        with_pip=False: no pip, as heroku/python leaves uv and Poetry apps.
+        root: a Debian root filesystem (tests/setup_chroots.sh) whose Python is
+        copied instead, for the apps built and run inside it (HerokuApp's root)."""
         self.python_home = python_home
         self.uv = uv or find_uv()
         self.with_pip = with_pip
+        self.root = root
 
     def compile(self, build_dir: Path, runtime_dir: Path, export_path: Path) -> tuple[bool, str]:
         """Install Python and the requirements; (ok, log)."""
@@ -203,7 +250,7 @@ class PythonBuildpack:
             log.append(" !     The stand-in for heroku/python only knows requirements.txt")
             return False, "\n".join(log) + "\n"
         python_home = runtime_dir / ".heroku" / "python"
-        install = python_install(self.python_home)
+        install = python_install(self.python_home, root=self.root)
         log.append(f"-----> Installing Python from {install.name}")
         (build_dir / ".heroku").mkdir(parents=True, exist_ok=True)
         copy_tree_linked(install, build_dir / ".heroku" / "python")
@@ -218,9 +265,10 @@ class PythonBuildpack:
         for title, packages in steps:
             log.append(f"-----> {title}")
             done = subprocess.run(
-                [self.uv, "pip", "install", "--quiet", "--python", python, *packages],
-                env=uv_env(runtime_dir), cwd=build_dir, capture_output=True, text=True,
-                timeout=600,
+                in_root(self.root, [self.uv, "pip", "install", "--quiet", "--python", python,
+                                    *packages], build_dir),
+                env=uv_env(runtime_dir, self.root), cwd=build_dir, capture_output=True,
+                text=True, timeout=600,
             )
             log.extend("       " + line for line in (done.stdout + done.stderr).splitlines())
             if done.returncode != 0:
@@ -272,6 +320,9 @@ class HerokuApp:
             (as when heroku/python is missing from the app's buildpacks).
         buildpacks_after: buildpack directories run after this one (their
             ``bin/compile`` only), as when an app lists more buildpacks.
+        root: a Debian root filesystem (tests/setup_chroots.sh) that the build
+            and the dynos run inside, standing in for a stack image whose
+            Python this machine lacks (heroku/python's default 3.14).
     """
 
     def __init__(
@@ -283,6 +334,7 @@ class HerokuApp:
         cache_dir: Path | None = None,
         python_buildpack: PythonBuildpack | None | bool = True,
         buildpacks_after: Sequence[Path] = (),
+        root: Path | None = None,
     ) -> None:
         if isinstance(source, (str, Path)):
             source = [source]
@@ -293,8 +345,9 @@ class HerokuApp:
         self.cache_dir = Path(cache_dir) if cache_dir else self.workdir / "cache"
         self.log_dir = self.workdir / "logs"
         self.config: dict[str, str] = dict(config or {})
+        self.root = root
         if python_buildpack is True:
-            python_buildpack = PythonBuildpack()
+            python_buildpack = PythonBuildpack(root=root)
         self.python_buildpack = python_buildpack or None
         self.buildpacks_after = [Path(path) for path in buildpacks_after]
         self.builds: list[BuildResult] = []
@@ -367,8 +420,9 @@ class HerokuApp:
         the only one before djpool here, and djpool writes none.)
         """
         return subprocess.run(
-            ["bash", "-c", 'source "$1"; shift; exec "$@"', "bash", str(export_path),
-             str(buildpack / "bin" / name), *args],
+            in_root(self.root, ["bash", "-c", 'source "$1"; shift; exec "$@"', "bash",
+                                str(export_path), str(buildpack / "bin" / name), *args],
+                    build_dir),
             env={**self.build_env(), **extra_env}, cwd=build_dir, capture_output=True,
             text=True, timeout=timeout,
         )
@@ -436,7 +490,8 @@ class HerokuApp:
 
     def boot_command(self, command: str) -> list[str]:
         """bash sourcing .profile.d/*.sh, then exec-ing the command, as a dyno boots."""
-        return ["bash", "-c", f'for f in .profile.d/*.sh; do . "$f"; done; exec {command}']
+        boot = ["bash", "-c", f'for f in .profile.d/*.sh; do . "$f"; done; exec {command}']
+        return in_root(self.root, boot, self.runtime_dir)
 
     def run(self, command: str, *, dyno: str = "run.1", env: Mapping[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
