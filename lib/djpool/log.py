@@ -16,6 +16,7 @@ Two channels, by when a line is written:
 from __future__ import annotations
 
 import sys
+from _thread import allocate_lock  # built in: threading would cost a start-up import
 
 TYPE_CHECKING = False  # typing's flag, without importing typing at interpreter start
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ PREFIX = "djpool: "
 LOGGER_NAME = "djpool"
 
 _logger: logging.Logger | None = None
+_setting_up = allocate_lock()  # two threads' first warnings must not add two handlers
 _warned: set[str] = set()
 
 
@@ -53,15 +55,20 @@ def warn_once(key: str, message: str) -> None:
 def logger() -> logging.Logger:
     """The ``djpool`` logger, given a stderr handler on first use unless the app configured it."""
     global _logger
-    if _logger is None:
-        import logging
-
-        configured = isinstance(logging.Logger.manager.loggerDict.get(LOGGER_NAME), logging.Logger)
-        found = logging.getLogger(LOGGER_NAME)
-        if not configured:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter(PREFIX + "%(message)s"))
-            found.addHandler(handler)
-            found.propagate = False
-        _logger = found
+    with _setting_up:
+        if _logger is None:
+            _logger = _set_up()
     return _logger
+
+
+def _set_up() -> logging.Logger:
+    import logging
+
+    configured = isinstance(logging.Logger.manager.loggerDict.get(LOGGER_NAME), logging.Logger)
+    found = logging.getLogger(LOGGER_NAME)
+    if not configured:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(PREFIX + "%(message)s"))
+        found.addHandler(handler)
+        found.propagate = False
+    return found

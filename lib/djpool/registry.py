@@ -11,6 +11,9 @@ connection object is freed) the parent's session would break. So in the child,
 at fork time, every inherited connection's socket descriptor is pointed at
 /dev/null and the objects are kept referenced: nothing the child does can
 reach the parent's server sessions, and the child builds pools of its own.
+
+Standard library only: the caller's ``make`` builds each pool, so this
+bookkeeping is tested in the fast tier with pipes standing in for sockets.
 """
 
 from __future__ import annotations
