@@ -65,8 +65,15 @@ SOURCE_CACHE = REPO / ".venv" / "django-tests"
 LOG_DIR = REPO / "build" / "django-suite"
 
 LABELS: tuple[str, ...] = (
-    "backends", "transactions", "transaction_hooks", "select_for_update", "queries",
-    "basic", "timezones", "test_runner", "postgres_tests",
+    "backends",
+    "transactions",
+    "transaction_hooks",
+    "select_for_update",
+    "queries",
+    "basic",
+    "timezones",
+    "test_runner",
+    "postgres_tests",
 )
 SUITE_ROLE = "djsuite"
 # The stacks the suite runs on: the four of this machine's Python, and Python 3.14 +
@@ -75,6 +82,7 @@ SUITE_STACKS: tuple[str, ...] = (*stacks.STACKS, "py314-dj61-psycopg3", "py314-d
 DEFAULT_DATABASE = "djsuite"
 OTHER_DATABASE = "djsuite_other"
 RUN_TIMEOUT = 1800.0  # seconds for one label in one mode; a hang fails instead of blocking
+
 
 # Failures with the shim that are understood: test id -> Known. They are reported, never
 # hidden, and tests/test_django_suite.py expects them to go on failing (xfail strict),
@@ -89,15 +97,23 @@ class Known(NamedTuple):
 CONN_MAX_AGE_IS_ZERO = Known(
     "by design: pooled aliases behave as CONN_MAX_AGE=0 (README), so with CONN_MAX_AGE=None "
     "close_if_unusable_or_obsolete() gives the connection back to the pool and "
-    "connection.connection is no longer the same object")
+    "connection.connection is no longer the same object"
+)
 SESSION_TIME_ZONE = Known(
     "by design: djpool sends Django's time zone in the startup packet (options=-c TimeZone=...) "
     "so that DISCARD ALL keeps it; RESET TIMEZONE then gives Django's zone, not the server's, "
-    "and Django finds no time zone to set on the connection")
+    "and Django finds no time zone to set on the connection"
+)
 KNOWN: dict[str, Known] = {
-    **{f"backends.base.test_base.ConnectionHealthChecksTests.{name}": CONN_MAX_AGE_IS_ZERO
-       for name in ("test_health_checks_enabled", "test_health_checks_enabled_errors_occurred",
-                    "test_health_checks_disabled", "test_set_autocommit_health_checks_enabled")},
+    **{
+        f"backends.base.test_base.ConnectionHealthChecksTests.{name}": CONN_MAX_AGE_IS_ZERO
+        for name in (
+            "test_health_checks_enabled",
+            "test_health_checks_enabled_errors_occurred",
+            "test_health_checks_disabled",
+            "test_set_autocommit_health_checks_enabled",
+        )
+    },
     "backends.postgresql.tests.Tests.test_bypass_timezone_configuration": SESSION_TIME_ZONE,
 }
 
@@ -116,7 +132,7 @@ _EXHAUSTED = "is exhausted: all "
 
 
 def django_series(stack: str) -> str:
-    """"dj52-psycopg3" -> "5.2", "py314-dj61-psycopg3" -> "6.1"."""
+    """ "dj52-psycopg3" -> "5.2", "py314-dj61-psycopg3" -> "6.1"."""
     match = re.search(r"(?:^|-)dj(\d)(\d+)-", stack)
     if not match:
         raise ValueError(f"not a stack name: {stack!r}")
@@ -161,9 +177,12 @@ class Run:
         """What went wrong, one entry per problem; a crash is one entry of its own."""
         found = set(self.problems)
         if self.crashed:
-            found.add("TIMEOUT: runtests.py" if self.timed_out else
-                      f"CRASH: runtests.py exited with status {self.returncode} before "
-                      "reporting (see the log)")
+            found.add(
+                "TIMEOUT: runtests.py"
+                if self.timed_out
+                else f"CRASH: runtests.py exited with status {self.returncode} before "
+                "reporting (see the log)"
+            )
         return found
 
 
@@ -194,9 +213,12 @@ def suite_venv(stack: str) -> str:
 
 
 def django_version(stack: str) -> str:
-    result = stacks.check(stacks.run_python(suite_venv(stack), "import django; "
-                                            "print(django.__version__)", shim=False),
-                          f"python of {suite_venv(stack)}")
+    result = stacks.check(
+        stacks.run_python(
+            suite_venv(stack), "import django; print(django.__version__)", shim=False
+        ),
+        f"python of {suite_venv(stack)}",
+    )
     return result.stdout.strip()
 
 
@@ -210,14 +232,31 @@ def django_tests_dir(version: str, cache: Path = SOURCE_CACHE) -> Path:
         # pip, not the venv's: the test venvs are made by uv and have none.
         pip = [shutil.which("python3") or sys.executable, "-m", "pip"]
         # --ignore-requires-python: Django 6 wants Python >= 3.12; only its files are used.
-        command = [*pip, "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                   "--ignore-requires-python", "--dest", scratch, f"django=={version}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        command = [
+            *pip,
+            "download",
+            "--quiet",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "--ignore-requires-python",
+            "--dest",
+            scratch,
+            f"django=={version}",
+        ]
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
         sdists = list(Path(scratch).glob("[Dd]jango-*.tar.gz"))
         if not sdists:
-            raise RuntimeError(f"could not download Django {version}'s sdist: "
-                               f"{' '.join(command)}\n{result.stdout}{result.stderr}")
+            raise RuntimeError(
+                f"could not download Django {version}'s sdist: "
+                f"{' '.join(command)}\n{result.stdout}{result.stderr}"
+            )
         with tarfile.open(sdists[0]) as archive:
             members = [m for m in archive.getmembers() if m.name.split("/")[1:2] == ["tests"]]
             archive.extractall(scratch, members=members, filter="data")
@@ -246,8 +285,11 @@ def prepare_server(server: PostgresServer) -> None:
 
 
 def database_urls(server: PostgresServer, application_name: str) -> dict[str, str]:
-    tls = {"sslmode": "verify-full", "sslrootcert": str(server.ca_cert_path),
-           "application_name": application_name}
+    tls = {
+        "sslmode": "verify-full",
+        "sslrootcert": str(server.ca_cert_path),
+        "application_name": application_name,
+    }
     return {
         "DATABASE_URL": server.url(DEFAULT_DATABASE, SUITE_ROLE, **tls),
         "OTHER_DATABASE_URL": server.url(OTHER_DATABASE, SUITE_ROLE, **tls),
@@ -262,8 +304,9 @@ def parse_output(text: str) -> tuple[int | None, list[str], dict[str, int]]:
     ran_matches = _RAN.findall(text)
     ran = int(ran_matches[-1]) if ran_matches else None
     # the same failure must read the same in every run: no object addresses
-    problems = sorted({_ADDRESS.sub("", match.group(0).strip())
-                       for match in _PROBLEM.finditer(text)})
+    problems = sorted(
+        {_ADDRESS.sub("", match.group(0).strip()) for match in _PROBLEM.finditer(text)}
+    )
     summary: dict[str, int] = {}
     summaries = _SUMMARY.findall(text)
     if summaries and summaries[-1][1]:
@@ -281,8 +324,8 @@ def excerpt(run: Run, problem: str, limit: int = 60) -> str:
     if start < 0:
         lines = text.splitlines()[-limit:]
     else:
-        block = text[start + 1:]
-        end = re.search(r"^(=+|-+\nRan \d+ tests?)$", block[len(problem) + 1:], re.MULTILINE)
+        block = text[start + 1 :]
+        end = re.search(r"^(=+|-+\nRan \d+ tests?)$", block[len(problem) + 1 :], re.MULTILINE)
         lines = block[: len(problem) + 1 + end.start()].splitlines() if end else block.splitlines()
     return "\n".join(lines[:limit]) + f"\n(log: {run.log})"
 
@@ -304,10 +347,21 @@ def rerun_target(problem: str) -> str:
     return dotted
 
 
-def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
-                 server: PostgresServer, tests_dir: Path, parallel: int,
-                 log_dir: Path, timeout: float = RUN_TIMEOUT, attempt: int = 1,
-                 shim_dir: Path = stacks.SHIM_DIR, pool_size: int | None = None) -> Run:
+def run_runtests(
+    stack: str,
+    label: str,
+    targets: Sequence[str],
+    *,
+    shim: bool,
+    server: PostgresServer,
+    tests_dir: Path,
+    parallel: int,
+    log_dir: Path,
+    timeout: float = RUN_TIMEOUT,
+    attempt: int = 1,
+    shim_dir: Path = stacks.SHIM_DIR,
+    pool_size: int | None = None,
+) -> Run:
     """runtests.py with ``targets`` (labels or test ids) once, its log kept in ``log_dir``.
 
     shim_dir: the shim directory put first on PYTHONPATH when ``shim`` (default: this
@@ -321,9 +375,20 @@ def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
         env["POOL_SIZE"] = str(pool_size)
     log_path = log_dir / stack / f"{label}.{mode}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [str(stacks.python_path(suite_venv(stack))), "-X", "faulthandler", "runtests.py",
-               "--settings", SETTINGS_MODULE, "--noinput", "--verbosity", "2",
-               "--parallel", str(parallel), *targets]
+    command = [
+        str(stacks.python_path(suite_venv(stack))),
+        "-X",
+        "faulthandler",
+        "runtests.py",
+        "--settings",
+        SETTINGS_MODULE,
+        "--noinput",
+        "--verbosity",
+        "2",
+        "--parallel",
+        str(parallel),
+        *targets,
+    ]
     opened_before = server.connections_opened(application_name=application_name)
     started = time.monotonic()
     timed_out = False
@@ -331,10 +396,15 @@ def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
         log.write(f"$ {' '.join(command)}\n# shim: {shim_dir if shim else 'off'}\n")
         log.flush()
         process = subprocess.Popen(
-            command, cwd=tests_dir, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            env=stacks.stack_env(env, shim=False,
-                                 pythonpath=[*([shim_dir] if shim else []), SETTINGS_DIR]),
+            command,
+            cwd=tests_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=stacks.stack_env(
+                env, shim=False, pythonpath=[*([shim_dir] if shim else []), SETTINGS_DIR]
+            ),
         )
         try:
             returncode = process.wait(timeout=timeout)
@@ -349,11 +419,20 @@ def run_runtests(stack: str, label: str, targets: Sequence[str], *, shim: bool,
         raise RuntimeError(f"the shim did not load in {log_path}: no 'djpool: pooling' line")
     if timed_out:
         ran = None
-    return Run(stack=stack, label=label, shim=shim, ran=ran, problems=problems,
-               summary=summary, returncode=returncode, seconds=round(seconds, 1),
-               connections_opened=server.connections_opened(
-                   application_name=application_name) - opened_before,
-               timed_out=timed_out, log=str(log_path))
+    return Run(
+        stack=stack,
+        label=label,
+        shim=shim,
+        ran=ran,
+        problems=problems,
+        summary=summary,
+        returncode=returncode,
+        seconds=round(seconds, 1),
+        connections_opened=server.connections_opened(application_name=application_name)
+        - opened_before,
+        timed_out=timed_out,
+        log=str(log_path),
+    )
 
 
 def exhaustion_suspects(run: Run, problems: Iterable[str], pool_size: int | None) -> list[str]:
@@ -368,13 +447,29 @@ def exhaustion_suspects(run: Run, problems: Iterable[str], pool_size: int | None
     return suspects
 
 
-def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path,
-              parallel: int = 1, log_dir: Path = LOG_DIR, timeout: float = RUN_TIMEOUT,
-              shim_dir: Path = stacks.SHIM_DIR, pool_size: int | None = None,
-              echo=print) -> LabelResult:
+def run_label(
+    stack: str,
+    label: str,
+    *,
+    server: PostgresServer,
+    tests_dir: Path,
+    parallel: int = 1,
+    log_dir: Path = LOG_DIR,
+    timeout: float = RUN_TIMEOUT,
+    shim_dir: Path = stacks.SHIM_DIR,
+    pool_size: int | None = None,
+    echo=print,
+) -> LabelResult:
     """One label both ways; run again both ways if something unexplained failed with the shim."""
-    options = dict(server=server, tests_dir=tests_dir, parallel=parallel, log_dir=log_dir,
-                   timeout=timeout, shim_dir=shim_dir, pool_size=pool_size)
+    options = dict(
+        server=server,
+        tests_dir=tests_dir,
+        parallel=parallel,
+        log_dir=log_dir,
+        timeout=timeout,
+        shim_dir=shim_dir,
+        pool_size=pool_size,
+    )
     with_shim = run_runtests(stack, label, [label], shim=True, **options)
     echo(f"       {stack} {label} with shim: {_brief(with_shim)}")
     without_shim = run_runtests(stack, label, [label], shim=False, **options)
@@ -382,16 +477,20 @@ def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path
     result = LabelResult(stack, label, with_shim, without_shim)
     suspects = sorted(with_shim.failed_ids() - without_shim.failed_ids())
     result.known = [p for p in suspects if known(stack, p)]
-    small_pool = exhaustion_suspects(with_shim, [p for p in suspects if not known(stack, p)],
-                                     pool_size)
+    small_pool = exhaustion_suspects(
+        with_shim, [p for p in suspects if not known(stack, p)], pool_size
+    )
     if small_pool:
         # Confirm: alone, with a pool as big as they need, they pass with the shim.
         targets = sorted({rerun_target(p) for p in small_pool})
         big = max(POOL_EXHAUSTION[target] for target in targets)
-        check = run_runtests(stack, label, targets, shim=True, attempt=3,
-                             **{**options, "pool_size": big})
-        echo(f"       {stack} {label} {len(targets)} tests alone with POOL_SIZE={big}: "
-             f"{_brief(check)}")
+        check = run_runtests(
+            stack, label, targets, shim=True, attempt=3, **{**options, "pool_size": big}
+        )
+        echo(
+            f"       {stack} {label} {len(targets)} tests alone with POOL_SIZE={big}: "
+            f"{_brief(check)}"
+        )
         still = {rerun_target(p) for p in check.failed_ids()}
         if not check.crashed:
             result.exhausted = [p for p in small_pool if rerun_target(p) not in still]
@@ -407,36 +506,61 @@ def run_label(stack: str, label: str, *, server: PostgresServer, tests_dir: Path
             result.shim_only.append(problem)
         else:
             result.flaky.append(problem)
-    echo(f"       {stack} {label} second run: {len(result.shim_only)} failures only with "
-         f"the shim both times, {len(result.flaky)} not repeated")
+    echo(
+        f"       {stack} {label} second run: {len(result.shim_only)} failures only with "
+        f"the shim both times, {len(result.flaky)} not repeated"
+    )
     return result
 
 
 def _brief(run: Run) -> str:
     if run.crashed:
         return f"{'timed out' if run.timed_out else 'crashed'} after {run.seconds:.0f}s"
-    return (f"{run.ran} tests, {len(run.problems)} failures/errors, "
-            f"{run.summary.get('skipped', 0)} skipped, {run.seconds:.0f}s, "
-            f"{run.connections_opened} connections opened")
+    return (
+        f"{run.ran} tests, {len(run.problems)} failures/errors, "
+        f"{run.summary.get('skipped', 0)} skipped, {run.seconds:.0f}s, "
+        f"{run.connections_opened} connections opened"
+    )
 
 
-def run_suite(server: PostgresServer, stack_names: Iterable[str], labels: Iterable[str], *,
-              parallel: int = 1, log_dir: Path = LOG_DIR, timeout: float = RUN_TIMEOUT,
-              shim_dir: Path = stacks.SHIM_DIR, pool_size: int | None = None,
-              echo=print) -> list[LabelResult]:
+def run_suite(
+    server: PostgresServer,
+    stack_names: Iterable[str],
+    labels: Iterable[str],
+    *,
+    parallel: int = 1,
+    log_dir: Path = LOG_DIR,
+    timeout: float = RUN_TIMEOUT,
+    shim_dir: Path = stacks.SHIM_DIR,
+    pool_size: int | None = None,
+    echo=print,
+) -> list[LabelResult]:
     prepare_server(server)
-    echo(f"-----> runs with the shim load {shim_dir}"
-         + (f", POOL_SIZE={pool_size}" if pool_size is not None else "")
-         + f", --parallel {parallel}")
+    echo(
+        f"-----> runs with the shim load {shim_dir}"
+        + (f", POOL_SIZE={pool_size}" if pool_size is not None else "")
+        + f", --parallel {parallel}"
+    )
     results = []
     for stack in stack_names:
         version = django_version(stack)
         tests_dir = django_tests_dir(version)
         echo(f"-----> {stack}: Django {version}, tests from {tests_dir}")
         for label in labels:
-            results.append(run_label(stack, label, server=server, tests_dir=tests_dir,
-                                     parallel=parallel, log_dir=log_dir, timeout=timeout,
-                                     shim_dir=shim_dir, pool_size=pool_size, echo=echo))
+            results.append(
+                run_label(
+                    stack,
+                    label,
+                    server=server,
+                    tests_dir=tests_dir,
+                    parallel=parallel,
+                    log_dir=log_dir,
+                    timeout=timeout,
+                    shim_dir=shim_dir,
+                    pool_size=pool_size,
+                    echo=echo,
+                )
+            )
     return results
 
 
@@ -463,13 +587,19 @@ COLUMNS = (  # heading, width, value of a LabelResult
 
 def table(results: Sequence[LabelResult]) -> list[str]:
     """One line per stack and label; a negative width aligns left."""
+
     def row(values: Iterable[object]) -> str:
-        return " ".join(f"{value!s:{'<' if width < 0 else '>'}{abs(width)}}"
-                        for value, (_, width, _) in zip(values, COLUMNS, strict=True))
+        return " ".join(
+            f"{value!s:{'<' if width < 0 else '>'}{abs(width)}}"
+            for value, (_, width, _) in zip(values, COLUMNS, strict=True)
+        )
 
     heading = row(name for name, _, _ in COLUMNS)
-    return [heading, "-" * len(heading),
-            *(row(value(r) for _, _, value in COLUMNS) for r in results)]
+    return [
+        heading,
+        "-" * len(heading),
+        *(row(value(r) for _, _, value in COLUMNS) for r in results),
+    ]
 
 
 def report(results: Sequence[LabelResult]) -> str:
@@ -478,14 +608,20 @@ def report(results: Sequence[LabelResult]) -> str:
     for r in results:
         sections = (
             ("only with the shim, both runs (djpool's)", r.shim_only),
-            ("only with the shim, known", [f"{p}\n      {KNOWN[rerun_target(p)].reason}"
-                                           for p in r.known]),
+            (
+                "only with the shim, known",
+                [f"{p}\n      {KNOWN[rerun_target(p)].reason}" for p in r.known],
+            ),
             ("only with the shim in one run, not the other (flaky)", r.flaky),
-            ("only with the shim, pool exhausted: the pool is smaller than the test needs",
-             r.exhausted),
+            (
+                "only with the shim, pool exhausted: the pool is smaller than the test needs",
+                r.exhausted,
+            ),
             ("with and without the shim (not djpool's)", r.both),
-            ("only without the shim", sorted(r.without_shim.failed_ids()
-                                              - r.with_shim.failed_ids())),
+            (
+                "only without the shim",
+                sorted(r.without_shim.failed_ids() - r.with_shim.failed_ids()),
+            ),
         )
         for title, problems in sections:
             if problems:
@@ -495,39 +631,79 @@ def report(results: Sequence[LabelResult]) -> str:
     known = sum(len(r.known) for r in results)
     flaky = sum(len(r.flaky) for r in results)
     exhausted = sum(len(r.exhausted) for r in results)
-    lines.append(f"\n{shim_only} failures only with the shim, {known} known, {flaky} flaky, "
-                 f"{exhausted} pool exhaustion")
+    lines.append(
+        f"\n{shim_only} failures only with the shim, {known} known, {flaky} flaky, "
+        f"{exhausted} pool exhaustion"
+    )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stacks", nargs="+", default=list(stacks.STACKS),
-                        choices=SUITE_STACKS, metavar="STACK",
-                        help=f"default: {' '.join(stacks.STACKS)}; also "
-                        f"{' '.join(SUITE_STACKS[len(stacks.STACKS):])} "
-                        "(bash tests/setup_chroots.sh)")
-    parser.add_argument("--labels", nargs="+", default=list(LABELS), metavar="LABEL",
-                        help=f"runtests.py labels (default: {' '.join(LABELS)})")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="runtests.py --parallel (default 1: the machine is shared)")
-    parser.add_argument("--timeout", type=float, default=RUN_TIMEOUT,
-                        help="seconds for one runtests.py run (default %(default)s)")
-    parser.add_argument("--log-dir", type=Path, default=LOG_DIR,
-                        help="where every run's output goes (default %(default)s)")
-    parser.add_argument("--shim", type=Path, default=stacks.SHIM_DIR, metavar="DIR",
-                        help="the shim directory for the runs with the shim (default: this "
-                        "checkout's); another checkout's shim/ tries a fix in djpool")
-    parser.add_argument("--pool-size", type=int, metavar="N",
-                        help="POOL_SIZE for the runs (default: djpool's); tests in "
-                        "POOL_EXHAUSTION that then exhaust the pool are reported apart")
+    parser.add_argument(
+        "--stacks",
+        nargs="+",
+        default=list(stacks.STACKS),
+        choices=SUITE_STACKS,
+        metavar="STACK",
+        help=f"default: {' '.join(stacks.STACKS)}; also "
+        f"{' '.join(SUITE_STACKS[len(stacks.STACKS) :])} "
+        "(bash tests/setup_chroots.sh)",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=list(LABELS),
+        metavar="LABEL",
+        help=f"runtests.py labels (default: {' '.join(LABELS)})",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runtests.py --parallel (default 1: the machine is shared)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=RUN_TIMEOUT,
+        help="seconds for one runtests.py run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=LOG_DIR,
+        help="where every run's output goes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--shim",
+        type=Path,
+        default=stacks.SHIM_DIR,
+        metavar="DIR",
+        help="the shim directory for the runs with the shim (default: this "
+        "checkout's); another checkout's shim/ tries a fix in djpool",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        metavar="N",
+        help="POOL_SIZE for the runs (default: djpool's); tests in "
+        "POOL_EXHAUSTION that then exhaust the pool are reported apart",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     started = time.monotonic()
     with PostgresServer(max_connections=200) as server:
-        results = run_suite(server, args.stacks, args.labels, parallel=args.parallel,
-                            log_dir=args.log_dir, timeout=args.timeout,
-                            shim_dir=args.shim.resolve(), pool_size=args.pool_size)
+        results = run_suite(
+            server,
+            args.stacks,
+            args.labels,
+            parallel=args.parallel,
+            log_dir=args.log_dir,
+            timeout=args.timeout,
+            shim_dir=args.shim.resolve(),
+            pool_size=args.pool_size,
+        )
     print()
     print(report(results))
     print(f"full output of every run in {args.log_dir}; took {time.monotonic() - started:.0f}s")

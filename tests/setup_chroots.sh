@@ -51,13 +51,13 @@ source "${REPO}/lib/output.sh"
 # shellcheck source=tests/support/system.sh
 source "${REPO}/tests/support/system.sh"
 
-setup::on_error() {
+function setup::on_error() {
 	output::error <<<"tests/setup_chroots.sh failed at line $1 (exit status $2).
 Fix the error above and run it again: bash tests/setup_chroots.sh"
 }
 trap 'setup::on_error "${LINENO}" "$?"' ERR
 
-system::ensure_tools() {
+function system::ensure_tools() {
 	local missing=()
 	command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 	command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
@@ -75,7 +75,7 @@ Reinstall it: apt-get install --reinstall -y debootstrap"
 # that carries the machine's own suite (VERSION_CODENAME), from the deb822
 # files in /etc/apt/sources.list.d/ or the one-line /etc/apt/sources.list.
 # Only this machine's configuration says which mirror is reachable.
-system::debian_mirror() {
+function system::debian_mirror() {
 	local codename file uri
 	codename="$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release)"
 	for file in /etc/apt/sources.list.d/*.sources; do
@@ -119,7 +119,7 @@ system::debian_mirror() {
 
 # Runs COMMAND... as root inside the chroot DIR, with /proc, /dev and /sys
 # bound in a mount namespace of its own: the mounts vanish when it exits.
-chroot::exec() {
+function chroot::exec() {
 	local dir="$1"
 	shift
 	# shellcheck disable=SC2016 # the inner shell expands its own arguments
@@ -132,7 +132,7 @@ chroot::exec() {
 
 # The files a process inside needs from the machine: name resolution, the
 # CA bundle (pip reaches the index through a proxy that this bundle trusts).
-chroot::copy_host_files() {
+function chroot::copy_host_files() {
 	local dir="$1" bundle="${SSL_CERT_FILE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}"
 	cp /etc/resolv.conf "${dir}/etc/resolv.conf"
 	cp /etc/hosts "${dir}/etc/hosts"
@@ -142,7 +142,7 @@ chroot::copy_host_files() {
 
 # apt-get install in the chroot, with no service started (policy-rc.d) and no
 # cluster created: the tests make their own with initdb.
-chroot::install_packages() {
+function chroot::install_packages() {
 	local dir="$1"
 	shift
 	printf '#!/bin/sh\nexit 101\n' >"${dir}/usr/sbin/policy-rc.d"
@@ -153,7 +153,7 @@ chroot::install_packages() {
 		apt-get install -y -qq --no-install-recommends "$@" |& output::indent
 }
 
-chroot::ensure() {
+function chroot::ensure() {
 	local name="$1"
 	local dir="${CHROOTS}/${name}" suite="${CHROOT_SUITE[${name}]}"
 	local script="/usr/share/debootstrap/scripts/${CHROOT_SCRIPT[${name}]}"
@@ -174,8 +174,8 @@ chroot::ensure() {
 	output::detail "debootstrap ${suite} from ${mirror}"
 	system::as_root unshare --mount --propagation private -- \
 		debootstrap --variant=minbase --include="${CHROOT_PACKAGES[${name}]}" \
-		"${suite}" "${dir}" "${mirror}" "${script}" |&
-		sed -n -e '/^I: /!p' -e '/^I: Base system installed/p' | output::indent
+		"${suite}" "${dir}" "${mirror}" "${script}" \
+		|& sed -n -e '/^I: /!p' -e '/^I: Base system installed/p' | output::indent
 	chroot::copy_host_files "${dir}"
 	if [[ -n "${CHROOT_EXTRA[${name}]}" ]]; then
 		output::detail "installing ${CHROOT_EXTRA[${name}]}"
@@ -194,7 +194,7 @@ chroot::ensure() {
 # ~/.config/pip, /etc/xdg/pip): only PyPI, with the CA bundle copied in
 # (PIP_CERT). The machine's find-links and local extra indexes do not exist in
 # the chroot, so the environment is cleared for pip (env -i).
-venv::ensure() {
+function venv::ensure() {
 	local name="$1" stack="$2"
 	local dir="${VENVS}/stacks/${stack}" requirements="${REQUIREMENTS}/${stack}.txt"
 	local python="${CHROOT_PYTHON[${name}]}" stamp="${dir}/${VENV_STAMP_NAME}" want
@@ -221,7 +221,7 @@ venv::ensure() {
 
 # venv::write_wrappers CHROOT DIR: DIR/host-bin/NAME runs DIR/bin/NAME inside
 # the chroot, in the caller's working directory, keeping the caller's pid.
-venv::write_wrappers() {
+function venv::write_wrappers() {
 	local name="$1" dir="$2" script base
 	mkdir -p "${dir}/host-bin"
 	for script in "${dir}"/bin/*; do
@@ -239,7 +239,7 @@ venv::write_wrappers() {
 
 # Runs COMMAND... in the chroot the way the tests do (tests/support/chroot.sh:
 # the repository and /tmp bound at their own paths), with a clean environment.
-chroot::stack_exec() {
+function chroot::stack_exec() {
 	local name="$1"
 	shift
 	system::as_root env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
@@ -248,7 +248,7 @@ chroot::stack_exec() {
 		/bin/sh "${REPO}/tests/support/chroot.sh" "${CHROOTS}/${name}" "${REPO}" / "$@"
 }
 
-main() {
+function main() {
 	local names=("$@") name stack
 	if ((${#names[@]} == 0)); then
 		names=(forky trixie)

@@ -37,8 +37,14 @@ def label_result(pg: PostgresServer, tmp_path_factory) -> Callable[[str, str], L
         if (stack, label) not in done:
             tests_dir = django_suite.django_tests_dir(django_suite.django_version(stack))
             done[stack, label] = django_suite.run_label(
-                stack, label, server=pg, tests_dir=tests_dir, log_dir=log_dir,
-                timeout=TIMEOUT - 60, echo=lambda line: None)
+                stack,
+                label,
+                server=pg,
+                tests_dir=tests_dir,
+                log_dir=log_dir,
+                timeout=TIMEOUT - 60,
+                echo=lambda line: None,
+            )
         return done[stack, label]
 
     return result
@@ -53,13 +59,18 @@ def test_no_django_test_fails_only_with_the_shim(label, stack, label_result):
         assert not run.crashed, django_suite.excerpt(run, "")
     assert with_shim.ran == without_shim.ran > 0
     assert result.shim_only == [], "\n\n".join(
-        django_suite.excerpt(with_shim, problem) for problem in result.shim_only)
+        django_suite.excerpt(with_shim, problem) for problem in result.shim_only
+    )
 
 
 def _known_in_ci() -> list:
     return [
-        pytest.param(stack, test, id=f"{stack}-{test}",
-                     marks=pytest.mark.xfail(strict=True, reason=entry.reason))
+        pytest.param(
+            stack,
+            test,
+            id=f"{stack}-{test}",
+            marks=pytest.mark.xfail(strict=True, reason=entry.reason),
+        )
         for test, entry in sorted(django_suite.KNOWN.items())
         for stack in CI_STACKS
         if test.split(".")[0] in CI_LABELS and django_suite.django_series(stack) in entry.django

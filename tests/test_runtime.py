@@ -68,8 +68,9 @@ def emit(**values):
 """
 
 
-def run_script(stack: str, body: str, env: dict[str, str], *, shim: bool = True,
-               cwd=None) -> stacks.Result:
+def run_script(
+    stack: str, body: str, env: dict[str, str], *, shim: bool = True, cwd=None
+) -> stacks.Result:
     """Run PRELUDE + body in the stack's Python with the shim loaded like on a dyno."""
     return stacks.run_python(stack, PRELUDE + textwrap.dedent(body), env, shim=shim, cwd=cwd)
 
@@ -77,9 +78,13 @@ def run_script(stack: str, body: str, env: dict[str, str], *, shim: bool = True,
 def run_in(python, code: str, env: dict[str, str], *, pythonpath=()) -> stacks.Result:
     """Run code in any interpreter (a path, or a command list), the shim first on PYTHONPATH."""
     command = [str(part) for part in python] if isinstance(python, list) else [str(python)]
-    done = subprocess.run([*command, "-c", code],
-                          env=stacks.stack_env(env, pythonpath=pythonpath),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*command, "-c", code],
+        env=stacks.stack_env(env, pythonpath=pythonpath),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return stacks.Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -92,8 +97,11 @@ def other_python(stack: str) -> list[str]:
     or dj-database-url.
     """
     if stacks.chroot_of(stack) is None:
-        return [str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}."
-                                                      f"{sys.version_info[1]}")]
+        return [
+            str(
+                Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+            )
+        ]
     major, minor = stacks.python_version(stack)
     return stacks.chroot_command(stack, [f"/usr/bin/python{major}.{minor}"])
 
@@ -104,7 +112,7 @@ def results(proc: stacks.Result) -> dict:
     merged: dict = {}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            merged.update(json.loads(line[len("RESULT "):]))
+            merged.update(json.loads(line[len("RESULT ") :]))
     return merged
 
 
@@ -131,18 +139,24 @@ emit(pids=pids)
 
 @pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_connection_is_reused_across_requests(stack, pg, appname, db_env):
-    proc = run_script(stack, """
+    proc = run_script(
+        stack,
+        """
 from django.db.backends.signals import connection_created
 from djpool import startup
 created = []
 connection_created.connect(lambda sender, connection, **kw: created.append(1), weak=False)
-""" + REUSE + """
+"""
+        + REUSE
+        + """
 server = [r[0] for r in q(
     "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [os.environ["APP_NAME"]])]
 counters = startup.registry().entries()[0].counters
 emit(server=server, physical=counters.connects, checkouts=counters.checkouts,
      created=len(created))
-""", {**db_env, "POOL_SIZE": "2", "APP_NAME": appname})
+""",
+        {**db_env, "POOL_SIZE": "2", "APP_NAME": appname},
+    )
     out = results(proc)
     assert len(set(out["pids"])) == 1, out
     # Django's per-connection setup ran once; its per-checkout part every time.
@@ -159,7 +173,9 @@ def test_after_its_pools_are_disposed_a_database_gets_a_new_pool_that_is_reused(
     # The wrapper remembers its last pool; disposing (as before a test database
     # is dropped or cloned) must make it look again, not keep returning
     # connections to the disposed pool, which would close each of them.
-    proc = run_script(stack, """
+    proc = run_script(
+        stack,
+        """
 from djpool import startup
 before = backend_pid()
 end_request()
@@ -171,7 +187,9 @@ end_request()
 entries = startup.registry().entries()
 emit(before=before, after=after, disposed=disposed, pools=len(entries),
      connects=entries[0].counters.connects)
-""", db_env)
+""",
+        db_env,
+    )
     out = results(proc)
     assert out["disposed"] == 1 and out["pools"] == 1, out
     assert out["after"][0] != out["before"], out
@@ -186,8 +204,9 @@ def test_without_the_shim_every_request_opens_a_new_connection(stack, pg, appnam
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_start_line_names_database_and_sizes_but_never_the_password(stack, pg, appname, db_env):
-    proc = run_script(stack, "backend_pid()", {**db_env, "POOL_SIZE": "3",
-                                                        "POOL_MAX_OVERFLOW": "2"})
+    proc = run_script(
+        stack, "backend_pid()", {**db_env, "POOL_SIZE": "3", "POOL_MAX_OVERFLOW": "2"}
+    )
     lines = djpool_lines(proc)
     assert len(lines) == 1, proc.stderr
     assert "'app'" in lines[0] and "127.0.0.1" in lines[0]
@@ -200,23 +219,36 @@ def test_start_line_names_database_and_sizes_but_never_the_password(stack, pg, a
 # kind -> (statements that leave state behind, probe query returning True if state leaked)
 LEAKS = {
     "set": (["SET work_mem = '7MB'"], "SELECT current_setting('work_mem') = '7MB'"),
-    "set_config": (["SELECT set_config('app.tenant', '42', false)"],
-                   "SELECT coalesce(current_setting('app.tenant', true), '') = '42'"),
+    "set_config": (
+        ["SELECT set_config('app.tenant', '42', false)"],
+        "SELECT coalesce(current_setting('app.tenant', true), '') = '42'",
+    ),
     "set_role": (["SET ROLE leak_role"], "SELECT current_user = 'leak_role'"),
-    "session_authorization": (["SET SESSION AUTHORIZATION leak_role"],
-                              "SELECT session_user = 'leak_role'"),
-    "temp_table": (["CREATE TEMP TABLE leak_tmp (x int)"],
-                   "SELECT to_regclass('pg_temp.leak_tmp') IS NOT NULL"),
-    "prepared_statement": (["PREPARE leak_stmt AS SELECT 1"],
-                           "SELECT count(*) > 0 FROM pg_prepared_statements"),
+    "session_authorization": (
+        ["SET SESSION AUTHORIZATION leak_role"],
+        "SELECT session_user = 'leak_role'",
+    ),
+    "temp_table": (
+        ["CREATE TEMP TABLE leak_tmp (x int)"],
+        "SELECT to_regclass('pg_temp.leak_tmp') IS NOT NULL",
+    ),
+    "prepared_statement": (
+        ["PREPARE leak_stmt AS SELECT 1"],
+        "SELECT count(*) > 0 FROM pg_prepared_statements",
+    ),
     "listen": (["LISTEN leak_channel"], "SELECT count(*) > 0 FROM pg_listening_channels()"),
-    "advisory_lock": (["SELECT pg_advisory_lock(4242)"],
-                      "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' "
-                      "AND pid = pg_backend_pid()"),
-    "with_hold_cursor": (["DECLARE leak_cur CURSOR WITH HOLD FOR SELECT 1"],
-                         "SELECT count(*) > 0 FROM pg_cursors"),
-    "open_transaction": (["BEGIN", "CREATE TABLE leak_in_tx (x int)"],
-                         "SELECT to_regclass('leak_in_tx') IS NOT NULL"),
+    "advisory_lock": (
+        ["SELECT pg_advisory_lock(4242)"],
+        "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    "with_hold_cursor": (
+        ["DECLARE leak_cur CURSOR WITH HOLD FOR SELECT 1"],
+        "SELECT count(*) > 0 FROM pg_cursors",
+    ),
+    "open_transaction": (
+        ["BEGIN", "CREATE TABLE leak_in_tx (x int)"],
+        "SELECT to_regclass('leak_in_tx') IS NOT NULL",
+    ),
 }
 
 RESET = """
@@ -241,15 +273,22 @@ def leak_role(pg):
 
 @pytest.mark.parametrize("stack", RUNTIME_STACKS)
 @pytest.mark.parametrize("kind", sorted(LEAKS))
-def test_next_checkout_sees_none_of_the_previous_session_state(kind, stack, pg, db_env,
-                                                               leak_role):
+def test_next_checkout_sees_none_of_the_previous_session_state(kind, stack, pg, db_env, leak_role):
     if kind == "session_authorization":
         # Only a superuser may change session authorization.
-        db_env = {"DATABASE_URL": pg.url(user="postgres", password=pg.password_of("postgres"),
-                                         sslmode="require")}
+        db_env = {
+            "DATABASE_URL": pg.url(
+                user="postgres", password=pg.password_of("postgres"), sslmode="require"
+            )
+        }
     statements, probe = LEAKS[kind]
-    out = results(run_script(stack, RESET, {**db_env, "POOL_SIZE": "1",
-                                            "LEAK": json.dumps(statements), "PROBE": probe}))
+    out = results(
+        run_script(
+            stack,
+            RESET,
+            {**db_env, "POOL_SIZE": "1", "LEAK": json.dumps(statements), "PROBE": probe},
+        )
+    )
     assert out["leaked_in_first"] is True, "the probe must see the state it looks for"
     assert out["second"] == out["first"], "same physical connection"
     assert out["leaked"] is False
@@ -257,7 +296,10 @@ def test_next_checkout_sees_none_of_the_previous_session_state(kind, stack, pg, 
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_queryset_iterator_with_hold_cursor_is_closed_on_checkin(stack, pg, db_env):
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 q("CREATE TABLE IF NOT EXISTS iter_items (id serial primary key, name text)")
 q("INSERT INTO iter_items (name) SELECT 'n' || g FROM generate_series(1, 10) g")
 end_request()
@@ -269,7 +311,10 @@ held = one("SELECT count(*) FROM pg_cursors WHERE is_holdable")
 end_request()
 emit(first=first, second=backend_pid(), held=held,
      after=one("SELECT count(*) FROM pg_cursors"))
-""", {**db_env, "POOL_SIZE": "1"}))
+""",
+            {**db_env, "POOL_SIZE": "1"},
+        )
+    )
     assert out["held"] == 1
     assert out["second"] == out["first"]
     assert out["after"] == 0
@@ -277,7 +322,10 @@ emit(first=first, second=backend_pid(), held=held,
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_a_connection_whose_reset_fails_is_discarded(stack, pg, db_env):
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 from django.db import connections
 first = backend_pid()
 # Kill our own session from another connection while it is checked out: the
@@ -288,16 +336,23 @@ with other.cursor() as c:
 other.close()
 end_request()
 emit(first=first, second=backend_pid())
-""", {**db_env, "POOL_SIZE": "2"}))
+""",
+            {**db_env, "POOL_SIZE": "2"},
+        )
+    )
     assert out["second"] != out["first"]
 
 
 # -- per-checkout state -------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_isolation_level_time_zone_and_role_hold_on_every_checkout(stack, pg, db_env, leak_role):
     serializable = "3" if stack.endswith("psycopg2") else "4"  # the drivers number them apart
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 seen = []
 for _ in range(3):
     with transaction.atomic():
@@ -306,28 +361,47 @@ for _ in range(3):
     q("SET TIME ZONE 'UTC'")   # a request that changes it must not affect the next one
     end_request()
 emit(seen=seen)
-""", {**db_env, "POOL_SIZE": "1", "APP_USE_TZ": "0", "APP_TIME_ZONE": "Asia/Tokyo",
-      "APP_OPTIONS": json.dumps({"isolation_level": int(serializable),
-                                 "assume_role": "leak_role"})}))
+""",
+            {
+                **db_env,
+                "POOL_SIZE": "1",
+                "APP_USE_TZ": "0",
+                "APP_TIME_ZONE": "Asia/Tokyo",
+                "APP_OPTIONS": json.dumps(
+                    {"isolation_level": int(serializable), "assume_role": "leak_role"}
+                ),
+            },
+        )
+    )
     pids = {row[0] for row in out["seen"]}
     assert len(pids) == 1
     for _pid, isolation, zone, user, autocommit in out["seen"]:
-        assert (isolation, zone, user, autocommit) == ("serializable", "Asia/Tokyo",
-                                                        "leak_role", False)
+        assert (isolation, zone, user, autocommit) == (
+            "serializable",
+            "Asia/Tokyo",
+            "leak_role",
+            False,
+        )
 
 
 @pytest.mark.parametrize("stack", [*MAIN_STACKS, "dj42-psycopg2"])
 def test_time_zone_needs_no_statement_on_a_reused_connection(stack, pg, db_env):
     # The zone is the session default from the startup packet ('client'), so the
     # reset keeps it and Django's check at checkout finds nothing to SET.
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 seen = []
 for _ in range(3):
     seen.append([backend_pid(), one("SHOW TimeZone"),
                  one("SELECT source FROM pg_settings WHERE name = 'TimeZone'")])
     end_request()
 emit(seen=seen)
-""", {**db_env, "POOL_SIZE": "1", "APP_USE_TZ": "0", "APP_TIME_ZONE": "America/New_York"}))
+""",
+            {**db_env, "POOL_SIZE": "1", "APP_USE_TZ": "0", "APP_TIME_ZONE": "America/New_York"},
+        )
+    )
     assert len({pid for pid, _, _ in out["seen"]}) == 1
     assert [row[1:] for row in out["seen"]] == [["America/New_York", "client"]] * 3
 
@@ -344,14 +418,18 @@ def test_conn_max_age_is_treated_as_zero_with_one_warning(stack, pg, db_env):
 # Django's own pool (OPTIONS["pool"]) is psycopg 3's psycopg_pool.
 @pytest.mark.parametrize("stack", [s for s in MAIN_STACKS if s.endswith("psycopg3")])
 def test_alias_with_djangos_own_pool_is_left_alone(stack, pg, db_env):
-    proc = run_script(stack, """
+    proc = run_script(
+        stack,
+        """
 from djpool import startup
 pids = []
 for _ in range(2):
     pids.append(backend_pid())
     end_request()
 emit(pids=pids, our_pools=len(startup.registry().entries()))
-""", {**db_env, "APP_OPTIONS": json.dumps({"pool": {"min_size": 1, "max_size": 2}})})
+""",
+        {**db_env, "APP_OPTIONS": json.dumps({"pool": {"min_size": 1, "max_size": 2}})},
+    )
     out = results(proc)
     assert out["our_pools"] == 0
     lines = [line for line in djpool_lines(proc) if "OPTIONS['pool']" in line]
@@ -366,18 +444,28 @@ def test_custom_engine_subclass_is_pooled(stack, pg, db_env, tmp_path):
     (package / "base.py").write_text(
         "from django.db.backends.postgresql import base\n"
         "class DatabaseWrapper(base.DatabaseWrapper):\n"
-        "    pass\n")
-    out = results(run_script(stack, "sys.path.insert(0, os.environ['EXTRA'])\n" + REUSE,
-                             {**db_env, "APP_ENGINE": "mybackend", "EXTRA": str(tmp_path)},
-                             cwd=tmp_path))
+        "    pass\n"
+    )
+    out = results(
+        run_script(
+            stack,
+            "sys.path.insert(0, os.environ['EXTRA'])\n" + REUSE,
+            {**db_env, "APP_ENGINE": "mybackend", "EXTRA": str(tmp_path)},
+            cwd=tmp_path,
+        )
+    )
     assert len(set(out["pids"])) == 1
 
 
 # -- exhaustion --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", [*MAIN_STACKS, "dj42-psycopg2"])
 def test_exhausted_pool_raises_operational_error_after_timeout(stack, pg, db_env):
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 from django.db import utils
 backend_pid()                      # this thread holds the only connection
 outcome = {}
@@ -396,7 +484,10 @@ worker.start()
 worker.join(30)
 emit(alive=worker.is_alive(), **outcome)
 end_request()
-""", {**db_env, "POOL_SIZE": "1", "POOL_TIMEOUT": "0.5"}))
+""",
+            {**db_env, "POOL_SIZE": "1", "POOL_TIMEOUT": "0.5"},
+        )
+    )
     assert out["alive"] is False, "the waiting request must not hang"
     assert "exhausted" in out["error"] and "POOL_SIZE=1" in out["error"]
     assert out["waited"] >= 0.5
@@ -429,10 +520,11 @@ def test_bad_pool_variable_gives_one_line_and_runs_unpooled(stack, env, named, a
 
 BAD_URLS = [
     ("not a url at all", "DATABASE_URL=<16 characters, not shown>"),
-    ("mysql://someone:hunter2-secret@db.example.com:3306/shop",
-     "DATABASE_URL='mysql://someone:***@db.example.com:3306/shop'"),
-    ("postgres://someone:hunter2-secret@db.example.com:notaport/shop",
-     "DATABASE_URL=<"),
+    (
+        "mysql://someone:hunter2-secret@db.example.com:3306/shop",
+        "DATABASE_URL='mysql://someone:***@db.example.com:3306/shop'",
+    ),
+    ("postgres://someone:hunter2-secret@db.example.com:notaport/shop", "DATABASE_URL=<"),
 ]
 
 
@@ -457,17 +549,25 @@ def test_pool_disabled_is_silent_and_unpooled(stack, pg, db_env):
 
 # -- the shim ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_the_stack_runs_the_python_django_and_driver_its_name_says(stack, db_env):
     # The matrix in docs/compatibility.md is only true if the stacks are what
     # they are called; a chroot stack's process also keeps its pid (tests look
     # at worker and backend pids through /proc) and the caller's directory.
-    code = ("import os, sys, django; from django.db.backends.postgresql import psycopg_any\n"
-            "print(sys.version_info[0], sys.version_info[1], *django.VERSION[:2],"
-            " 'psycopg3' if psycopg_any.is_psycopg3 else 'psycopg2', os.getpid(), os.getcwd())")
-    process = subprocess.Popen([str(stacks.python_path(stack)), "-c", code],
-                               env=stacks.stack_env(db_env), cwd=stacks.APP_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = (
+        "import os, sys, django; from django.db.backends.postgresql import psycopg_any\n"
+        "print(sys.version_info[0], sys.version_info[1], *django.VERSION[:2],"
+        " 'psycopg3' if psycopg_any.is_psycopg3 else 'psycopg2', os.getpid(), os.getcwd())"
+    )
+    process = subprocess.Popen(
+        [str(stacks.python_path(stack)), "-c", code],
+        env=stacks.stack_env(db_env),
+        cwd=stacks.APP_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     major, minor, dj_major, dj_minor, driver, pid, cwd = stdout.split()
@@ -476,12 +576,14 @@ def test_the_stack_runs_the_python_django_and_driver_its_name_says(stack, db_env
     assert int(pid) == process.pid
     assert cwd == str(stacks.APP_DIR)
 
+
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_shim_imports_neither_django_nor_sqlalchemy(stack, db_env):
     proc = stacks.run_python(
         stack,
         "import sys; print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))",
-        db_env)
+        db_env,
+    )
     assert proc.stdout.strip() == "[]", proc.stderr
     assert len(djpool_lines(proc)) == 1
 
@@ -489,8 +591,11 @@ def test_shim_imports_neither_django_nor_sqlalchemy(stack, db_env):
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_another_interpreter_is_left_alone(stack, db_env):
     # The OS's python3 (see other_python): not the prefix djpool was installed for.
-    proc = run_in(other_python(stack), "import sys; print('djpool' in sys.modules)",
-                  {**db_env, "DJPOOL_PYTHON_PREFIX": str(stacks.venv_dir(stack))})
+    proc = run_in(
+        other_python(stack),
+        "import sys; print('djpool' in sys.modules)",
+        {**db_env, "DJPOOL_PYTHON_PREFIX": str(stacks.venv_dir(stack))},
+    )
     assert proc.returncode == 0
     assert proc.stdout.strip() == "False"
     assert djpool_lines(proc) == []
@@ -514,11 +619,17 @@ def test_another_interpreter_is_left_alone_even_with_pythonhome(stack, db_env, t
     version = f"python{major}.{minor}"
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / version).symlink_to(base_prefix / "lib" / version)
-    proc = run_in(base_python,
-                  "import os, sys; print(os.path.realpath(sys.prefix) == os.environ['APP_P'],"
-                  " 'djpool' in sys.modules)",
-                  {**db_env, "PYTHONHOME": str(tmp_path), "DJPOOL_PYTHON_PREFIX": str(tmp_path),
-                   "APP_P": os.path.realpath(tmp_path)})
+    proc = run_in(
+        base_python,
+        "import os, sys; print(os.path.realpath(sys.prefix) == os.environ['APP_P'],"
+        " 'djpool' in sys.modules)",
+        {
+            **db_env,
+            "PYTHONHOME": str(tmp_path),
+            "DJPOOL_PYTHON_PREFIX": str(tmp_path),
+            "APP_P": os.path.realpath(tmp_path),
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "False"]
     assert djpool_lines(proc) == []
@@ -527,10 +638,14 @@ def test_another_interpreter_is_left_alone_even_with_pythonhome(stack, db_env, t
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_the_apps_own_sitecustomize_still_runs(stack, pg, db_env, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
-        "import os\nos.environ['APP_SITECUSTOMIZE_RAN'] = 'yes'\n")
-    proc = run_in(stacks.python_path(stack),
-                  PRELUDE + REUSE + "emit(ran=os.environ.get('APP_SITECUSTOMIZE_RAN'))",
-                  db_env, pythonpath=[tmp_path])
+        "import os\nos.environ['APP_SITECUSTOMIZE_RAN'] = 'yes'\n"
+    )
+    proc = run_in(
+        stacks.python_path(stack),
+        PRELUDE + REUSE + "emit(ran=os.environ.get('APP_SITECUSTOMIZE_RAN'))",
+        db_env,
+        pythonpath=[tmp_path],
+    )
     out = results(proc)
     assert out["ran"] == "yes"
     assert len(set(out["pids"])) == 1
@@ -539,8 +654,7 @@ def test_the_apps_own_sitecustomize_still_runs(stack, pg, db_env, tmp_path):
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(stack, pg, db_env, tmp_path):
     (tmp_path / "sitecustomize.py").write_text("raise RuntimeError('app bug')\n")
-    proc = run_in(stacks.python_path(stack), PRELUDE + REUSE, db_env,
-                  pythonpath=[tmp_path])
+    proc = run_in(stacks.python_path(stack), PRELUDE + REUSE, db_env, pythonpath=[tmp_path])
     assert len(set(results(proc)["pids"])) == 1
     assert "Error in sitecustomize" in proc.stderr and "app bug" in proc.stderr
 
@@ -551,14 +665,19 @@ def test_missing_dependencies_mean_one_line_and_unpooled(stack, db_env):
     proc = run_in(other_python(stack), "print('ok')", db_env)
     assert proc.stdout.strip() == "ok"
     assert djpool_lines(proc) == [
-        "djpool: SQLAlchemy and dj-database-url are not installed; running unpooled"]
+        "djpool: SQLAlchemy and dj-database-url are not installed; running unpooled"
+    ]
 
 
 # -- fork safety -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", RUNTIME_STACKS)
 def test_forked_child_never_uses_the_parents_connections(stack, pg, db_env):
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 idle = backend_pid()
 end_request()                 # one idle in the pool ...
 held = backend_pid()          # ... and one checked out at fork time (POOL_SIZE=2)
@@ -578,7 +697,10 @@ os.waitpid(child, 0)
 after = backend_pid()         # the parent's checked-out connection still works
 end_request()
 emit(idle=idle, held=held, child=child_pids, after=after, again=backend_pid())
-""", {**db_env, "POOL_SIZE": "2"}))
+""",
+            {**db_env, "POOL_SIZE": "2"},
+        )
+    )
     parent_pids = {out["idle"], out["held"]}
     assert not parent_pids & set(out["child"])
     assert len(set(out["child"])) == 1, "the child pools its own connections"
@@ -589,7 +711,9 @@ emit(idle=idle, held=held, child=child_pids, after=after, again=backend_pid())
 # A module, not the script: spawn and forkserver children import the function
 # they run by name, and re-import the module that defines it (the script of
 # ``python -c`` cannot be). Importing it sets Django up, as a worker's code does.
-MP_WORKER = PRELUDE + """
+MP_WORKER = (
+    PRELUDE
+    + """
 from djpool import startup
 
 def work(appname):
@@ -605,6 +729,7 @@ def work(appname):
     return {"process": os.getpid(), "pids": pids, "held": held, "seen": seen,
             "pools": len(entries), "connects": entries[0].counters.connects}
 """
+)
 
 MP_PARENT = """
 import multiprocessing, os, sys
@@ -625,17 +750,29 @@ worker.emit(method=context.get_start_method(), process=os.getpid(), parent=paren
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn", "default"])
-def test_multiprocessing_children_get_a_working_pool_of_their_own(method, stack, pg, appname,
-                                                                  db_env, tmp_path):
+def test_multiprocessing_children_get_a_working_pool_of_their_own(
+    method, stack, pg, appname, db_env, tmp_path
+):
     # Python 3.14 made forkserver the default start method on Linux: a child
     # then starts from a fresh interpreter (spawn) or from a clean server
     # process (forkserver), not from a copy of the parent. Each way, the child
     # must load the shim itself, pool its own connections, and never touch
     # the parent's.
     (tmp_path / "djpool_mp_worker.py").write_text(MP_WORKER)
-    out = results(stacks.run_python(stack, MP_PARENT, {
-        **db_env, "POOL_SIZE": "2", "APP_WORKER_DIR": str(tmp_path), "APP_NAME": appname,
-        "APP_START_METHOD": method}, timeout=120))
+    out = results(
+        stacks.run_python(
+            stack,
+            MP_PARENT,
+            {
+                **db_env,
+                "POOL_SIZE": "2",
+                "APP_WORKER_DIR": str(tmp_path),
+                "APP_NAME": appname,
+                "APP_START_METHOD": method,
+            },
+            timeout=120,
+        )
+    )
     if method == "default":
         expected = "forkserver" if stacks.python_version(stack) >= (3, 14) else "fork"
         assert out["method"] == expected
@@ -655,7 +792,10 @@ def test_multiprocessing_children_get_a_working_pool_of_their_own(method, stack,
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_threads_share_the_pool_within_its_size(stack, pg, appname, db_env):
-    out = results(run_script(stack, """
+    out = results(
+        run_script(
+            stack,
+            """
 from concurrent.futures import ThreadPoolExecutor
 def request(_):
     pid = one("SELECT pg_backend_pid() FROM pg_sleep(0.01)")
@@ -664,20 +804,26 @@ def request(_):
 with ThreadPoolExecutor(8) as threads:
     pids = list(threads.map(request, range(80)))
 emit(pids=sorted(set(pids)))
-""", {**db_env, "POOL_SIZE": "3"}))
+""",
+            {**db_env, "POOL_SIZE": "3"},
+        )
+    )
     assert 1 <= len(out["pids"]) <= 3
 
 
 # -- gunicorn --preload ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
-def test_gunicorn_preload_workers_pool_their_own_connections(worker_class, stack, pg, appname,
-                                                            start_app):
+def test_gunicorn_preload_workers_pool_their_own_connections(
+    worker_class, stack, pg, appname, start_app
+):
     # --preload loads the app, and so djpool, in the master before it forks the
     # workers: each worker must build its own pool and never use the master's.
-    app = start_app(stack, {"POOL_SIZE": "2"}, worker_class=worker_class, workers=2,
-                    threads=2, preload=True)
+    app = start_app(
+        stack, {"POOL_SIZE": "2"}, worker_class=worker_class, workers=2, threads=2, preload=True
+    )
     assert len(app.djpool_lines()) == 1, app.djpool_lines()  # the master loaded it once
     with ThreadPoolExecutor(6) as clients:
         answers = list(clients.map(lambda _: app.get("/pid/"), range(40)))
@@ -686,8 +832,10 @@ def test_gunicorn_preload_workers_pool_their_own_connections(worker_class, stack
     assert 1 <= len({body["pid"] for _, body in answers}) <= bound
     assert pg.connections_opened(application_name=appname) <= bound
     backends = wait_until(
-        lambda: (lambda found: found if found and all(b.state == "idle" for b in found)
-                 else None)(pg.backends(application_name=appname)),
-        message="every backend idle in a pool after the requests")
+        lambda: (lambda found: found if found and all(b.state == "idle" for b in found) else None)(
+            pg.backends(application_name=appname)
+        ),
+        message="every backend idle in a pool after the requests",
+    )
     assert len(backends) <= bound
     assert "Traceback" not in app.log_text()

@@ -134,7 +134,8 @@ def requested_version(version: str | None = None) -> str | None:
     raise PostgresNotFound(
         f"{VERSION_VARIABLE}={version!r}: no such PostgreSQL here; allowed: the versions in "
         f"/usr/lib/postgresql ({', '.join(_local_versions()) or 'none'}) or "
-        f"{', '.join(CHROOT_VERSIONS)} (from bash tests/setup_chroots.sh)")
+        f"{', '.join(CHROOT_VERSIONS)} (from bash tests/setup_chroots.sh)"
+    )
 
 
 def _local_versions() -> list[str]:
@@ -147,10 +148,20 @@ def _chroot_os_user(root: Path) -> pwd.struct_passwd:
     for line in (root / "etc" / "passwd").read_text().splitlines():
         fields = line.split(":")
         if fields[0] == SERVER_OS_USER:
-            return pwd.struct_passwd((fields[0], fields[1], int(fields[2]), int(fields[3]),
-                                      fields[4], fields[5], fields[6]))
-    raise PostgresNotFound(f"{root} has no {SERVER_OS_USER} user: "
-                           "run `bash tests/setup_chroots.sh`")
+            return pwd.struct_passwd(
+                (
+                    fields[0],
+                    fields[1],
+                    int(fields[2]),
+                    int(fields[3]),
+                    fields[4],
+                    fields[5],
+                    fields[6],
+                )
+            )
+    raise PostgresNotFound(
+        f"{root} has no {SERVER_OS_USER} user: run `bash tests/setup_chroots.sh`"
+    )
 
 
 def application_name_for(nodeid: str, limit: int = 60) -> str:
@@ -204,9 +215,18 @@ def _server_os_user() -> pwd.struct_passwd | None:
     except KeyError:
         pass
     subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home",
-         "--shell", "/usr/sbin/nologin", SERVER_OS_USER],
-        capture_output=True, text=True, timeout=60,
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            SERVER_OS_USER,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )  # a concurrent useradd may have won: look again rather than trust the status
     try:
         return pwd.getpwnam(SERVER_OS_USER)
@@ -262,8 +282,10 @@ class PostgresServer:
             self._chroot_root = stacks.CHROOTS_DIR / chroot
             self.bindir = Path(inside)
             if not os.access(f"{self._chroot_root}{inside}/initdb", os.X_OK):
-                raise PostgresNotFound(f"PostgreSQL {self.version}: {self._chroot_root}{inside} "
-                                       f"is missing: {stacks.SETUP_CHROOTS_HINT}")
+                raise PostgresNotFound(
+                    f"PostgreSQL {self.version}: {self._chroot_root}{inside} "
+                    f"is missing: {stacks.SETUP_CHROOTS_HINT}"
+                )
         elif self.version is not None:
             self.bindir = Path(f"/usr/lib/postgresql/{self.version}/bin")
         else:
@@ -335,8 +357,16 @@ class PostgresServer:
                 self._write_settings()
                 self._log_offset = self.log_path.stat().st_size
                 self._run_as_server(
-                    [self._bin("pg_ctl"), "start", "-D", str(self.data_dir),
-                     "-l", str(self.log_path), "-W", "-s"]
+                    [
+                        self._bin("pg_ctl"),
+                        "start",
+                        "-D",
+                        str(self.data_dir),
+                        "-l",
+                        str(self.log_path),
+                        "-W",
+                        "-s",
+                    ]
                 )
                 self.running = True
                 try:
@@ -353,8 +383,20 @@ class PostgresServer:
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll until the server accepts connections; fail early if it died starting."""
         deadline = time.monotonic() + timeout
-        command = self._in_chroot([self._bin("pg_isready"), "-q", "-h", self.host,
-                                   "-p", str(self.port), "-d", "postgres", "-t", "2"])
+        command = self._in_chroot(
+            [
+                self._bin("pg_isready"),
+                "-q",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-d",
+                "postgres",
+                "-t",
+                "2",
+            ]
+        )
         while True:
             status = subprocess.run(command, env=self._env(), timeout=30).returncode
             if status == 0:
@@ -377,13 +419,24 @@ class PostgresServer:
             if not self.running:
                 return
             result = self._run_as_server(
-                [self._bin("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", mode,
-                 "-w", "-t", "60", "-s"],
+                [
+                    self._bin("pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    mode,
+                    "-w",
+                    "-t",
+                    "60",
+                    "-s",
+                ],
                 check=False,
             )
             if result.returncode != 0 and self._alive():
-                raise PostgresFailed(self._failure(f"pg_ctl stop -m {mode} failed: "
-                                                   f"{result.stderr.strip()}"))
+                raise PostgresFailed(
+                    self._failure(f"pg_ctl stop -m {mode} failed: {result.stderr.strip()}")
+                )
             self.running = False
 
     def restart(self, mode: str = "fast") -> None:
@@ -424,11 +477,19 @@ class PostgresServer:
         try:
             return self._passwords[user]
         except KeyError:
-            raise KeyError(f"no password known for role {user!r}: create it with "
-                           "create_role() or pass password=") from None
+            raise KeyError(
+                f"no password known for role {user!r}: create it with "
+                "create_role() or pass password="
+            ) from None
 
-    def create_role(self, name: str, password: str, superuser: bool = False,
-                    login: bool = True, createdb: bool = False) -> None:
+    def create_role(
+        self,
+        name: str,
+        password: str,
+        superuser: bool = False,
+        login: bool = True,
+        createdb: bool = False,
+    ) -> None:
         """Create the role, or change it to these options if it exists."""
         from psycopg import sql
 
@@ -442,19 +503,33 @@ class PostgresServer:
         )
         exists = self.query("SELECT 1 FROM pg_roles WHERE rolname = %s", [name])
         verb = sql.SQL("ALTER ROLE" if exists else "CREATE ROLE")
-        self.query(sql.SQL("{} {} WITH {} PASSWORD {}").format(
-            verb, sql.Identifier(name), options, sql.Literal(password)))
+        self.query(
+            sql.SQL("{} {} WITH {} PASSWORD {}").format(
+                verb, sql.Identifier(name), options, sql.Literal(password)
+            )
+        )
         self._passwords[name] = password
 
     def create_database(self, name: str, owner: str = SUPERUSER) -> None:
         from psycopg import sql
 
-        self.query(sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
-            sql.Identifier(name), sql.Identifier(owner)))
+        self.query(
+            sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8'").format(
+                sql.Identifier(name), sql.Identifier(owner)
+            )
+        )
 
-    def url(self, dbname: str = "app", user: str = "app", password: str | None = None,
-            *, host: str | None = None, port: int | None = None, scheme: str = "postgres",
-            **query: Any) -> str:
+    def url(
+        self,
+        dbname: str = "app",
+        user: str = "app",
+        password: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        scheme: str = "postgres",
+        **query: Any,
+    ) -> str:
         """A Heroku-style ``postgres://user:password@host:port/dbname?query`` URL.
 
         The password defaults to the role's (see password_of). Keyword arguments
@@ -462,22 +537,29 @@ class PostgresServer:
         """
         if password is None:
             password = self.password_of(user)
-        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@" \
-                 f"{host or self.host}:{port or self.port}"
+        netloc = (
+            f"{quote(user, safe='')}:{quote(password, safe='')}@"
+            f"{host or self.host}:{port or self.port}"
+        )
         url = f"{scheme}://{netloc}/{quote(dbname, safe='')}"
         if query:
             url += "?" + urlencode({key: str(value) for key, value in query.items()})
         return url
 
-    def connect(self, dbname: str = "app", user: str = "app", password: str | None = None,
-                **kwargs: Any) -> Any:
+    def connect(
+        self, dbname: str = "app", user: str = "app", password: str | None = None, **kwargs: Any
+    ) -> Any:
         """A psycopg (3) connection over TLS with the certificate verified (verify-full)."""
         import psycopg
 
         params: dict[str, Any] = {
-            "host": self.host, "port": self.port, "dbname": dbname, "user": user,
+            "host": self.host,
+            "port": self.port,
+            "dbname": dbname,
+            "user": user,
             "password": password if password is not None else self.password_of(user),
-            "sslmode": "verify-full", "sslrootcert": str(self.ca_cert_path),
+            "sslmode": "verify-full",
+            "sslrootcert": str(self.ca_cert_path),
             "connect_timeout": 10,
         }
         params.update(kwargs)
@@ -490,8 +572,12 @@ class PostgresServer:
 
     # -- looking at the server -----------------------------------------------
 
-    def query(self, sql: Any, params: Sequence[Any] | dict[str, Any] | None = None,
-              dbname: str = "postgres") -> list[tuple[Any, ...]]:
+    def query(
+        self,
+        sql: Any,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        dbname: str = "postgres",
+    ) -> list[tuple[Any, ...]]:
         """Run one statement as superuser in autocommit; its rows, or [] if it returns none.
 
         One admin connection per database is kept open (application_name
@@ -525,8 +611,9 @@ class PostgresServer:
                     pass
             self._admin_connections.clear()
 
-    def backends(self, application_name: str | None = None,
-                 datname: str | None = None) -> list[Backend]:
+    def backends(
+        self, application_name: str | None = None, datname: str | None = None
+    ) -> list[Backend]:
         """Client backends in pg_stat_activity, oldest first, query()'s own excluded."""
         rows = self.query(
             "SELECT pid, application_name, datname, usename, state, query"
@@ -539,16 +626,21 @@ class PostgresServer:
         )
         return [Backend(*row) for row in rows]
 
-    def terminate_backends(self, application_name: str | None = None,
-                           datname: str | None = None) -> list[int]:
+    def terminate_backends(
+        self, application_name: str | None = None, datname: str | None = None
+    ) -> list[int]:
         """pg_terminate_backend() every matching client backend; the pids terminated."""
         pids = [backend.pid for backend in self.backends(application_name, datname)]
         for pid in pids:
             self.query("SELECT pg_terminate_backend(%s)", [pid])
         return pids
 
-    def connections_opened(self, application_name: str | None = None,
-                           user: str | None = None, database: str | None = None) -> int:
+    def connections_opened(
+        self,
+        application_name: str | None = None,
+        user: str | None = None,
+        database: str | None = None,
+    ) -> int:
         """How many "connection authorized" lines the log has (optionally only matching ones).
 
         Counts every successful login since the server was created, restarts included.
@@ -572,15 +664,19 @@ class PostgresServer:
         candidate = self.bindir / name
         if self._chroot_root is not None:
             if not os.access(f"{self._chroot_root}{candidate}", os.X_OK):
-                raise PostgresNotFound(f"{name} is not in {self._chroot_root}{self.bindir}: "
-                                       f"{stacks.SETUP_CHROOTS_HINT}")
+                raise PostgresNotFound(
+                    f"{name} is not in {self._chroot_root}{self.bindir}: "
+                    f"{stacks.SETUP_CHROOTS_HINT}"
+                )
             return str(candidate)
         if os.access(candidate, os.X_OK):
             return str(candidate)
         found = shutil.which(name)
         if found is None:
-            raise PostgresNotFound(f"{name} is not in {self.bindir} nor on PATH; "
-                                   f"install the server with: {INSTALL_HINT}")
+            raise PostgresNotFound(
+                f"{name} is not in {self.bindir} nor on PATH; "
+                f"install the server with: {INSTALL_HINT}"
+            )
         return found
 
     def _env(self) -> dict[str, str]:
@@ -592,24 +688,37 @@ class PostgresServer:
         """``command`` run inside the chroot of a chroot's PostgreSQL (else as it is)."""
         if self._chroot_root is None:
             return list(command)
-        return ["/bin/sh", str(stacks.CHROOT_SH), str(self._chroot_root), str(stacks.REPO), "/",
-                *([f"--userspec={userspec}"] if userspec else []), *command]
+        return [
+            "/bin/sh",
+            str(stacks.CHROOT_SH),
+            str(self._chroot_root),
+            str(stacks.REPO),
+            "/",
+            *([f"--userspec={userspec}"] if userspec else []),
+            *command,
+        ]
 
     def _as_server(self, command: Sequence[str]) -> list[str]:
         if self._chroot_root is not None:
             user = self._os_user
-            return self._in_chroot(command, None if user is None else
-                                   f"{user.pw_uid}:{user.pw_gid}")
+            return self._in_chroot(
+                command, None if user is None else f"{user.pw_uid}:{user.pw_gid}"
+            )
         if self._os_user is None:
             return list(command)
         runuser = shutil.which("runuser") or "/usr/sbin/runuser"
         return [runuser, "-u", self._os_user.pw_name, "--", *command]
 
-    def _run_as_server(self, command: Sequence[str],
-                       check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run_as_server(
+        self, command: Sequence[str], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            self._as_server(command), cwd=self.base_dir, env=self._env(),
-            capture_output=True, text=True, timeout=120,
+            self._as_server(command),
+            cwd=self.base_dir,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if check and result.returncode != 0:
             raise PostgresFailed(
@@ -641,22 +750,37 @@ class PostgresServer:
         pwfile = base / "superuser.pw"
         self._write(pwfile, self._passwords[SUPERUSER] + "\n")
         try:
-            self._run_as_server([
-                self._bin("initdb"), "-D", str(self.data_dir), "-E", "UTF8", "--no-locale",
-                "-U", SUPERUSER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-                "--no-sync", "--no-instructions",
-            ])
+            self._run_as_server(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
+            )
         finally:
             pwfile.unlink()
-        self._write(self.data_dir / "pg_hba.conf", (
-            "# TYPE     DATABASE  USER  ADDRESS       METHOD\n"
-            "local      all       all                 scram-sha-256\n"
-            "hostssl    all       all   127.0.0.1/32  scram-sha-256\n"
-            "hostnossl  all       all   0.0.0.0/0     reject\n"
-        ))
+        self._write(
+            self.data_dir / "pg_hba.conf",
+            (
+                "# TYPE     DATABASE  USER  ADDRESS       METHOD\n"
+                "local      all       all                 scram-sha-256\n"
+                "hostssl    all       all   127.0.0.1/32  scram-sha-256\n"
+                "hostnossl  all       all   0.0.0.0/0     reject\n"
+            ),
+        )
         with open(self.data_dir / "postgresql.conf", "a") as conf:
-            conf.write("\n# djpool tests: everything else is in djpool.conf\n"
-                       "include = 'djpool.conf'\n")
+            conf.write(
+                "\n# djpool tests: everything else is in djpool.conf\ninclude = 'djpool.conf'\n"
+            )
         self._start_watchdog()
 
     def _make_certificates(self) -> None:
@@ -681,16 +805,61 @@ class PostgresServer:
         )
         key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         for command in (
-            ["req", "-x509", "-new", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30",
-             "-subj", "/CN=djpool tests CA", "-config", "openssl.cnf", "-extensions", "ca"],
-            ["req", "-new", *key, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=localhost", "-config", "openssl.cnf"],
-            ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-set_serial", str(secrets.randbits(63)), "-days", "30", "-out", "server.crt",
-             "-extfile", "openssl.cnf", "-extensions", "server"],
+            [
+                "req",
+                "-x509",
+                "-new",
+                *key,
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=djpool tests CA",
+                "-config",
+                "openssl.cnf",
+                "-extensions",
+                "ca",
+            ],
+            [
+                "req",
+                "-new",
+                *key,
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+                "-config",
+                "openssl.cnf",
+            ],
+            [
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                str(secrets.randbits(63)),
+                "-days",
+                "30",
+                "-out",
+                "server.crt",
+                "-extfile",
+                "openssl.cnf",
+                "-extensions",
+                "server",
+            ],
         ):
-            result = subprocess.run([self.openssl, *command], cwd=tls, capture_output=True,
-                                    text=True, timeout=60)
+            result = subprocess.run(
+                [self.openssl, *command], cwd=tls, capture_output=True, text=True, timeout=60
+            )
             if result.returncode != 0:
                 raise PostgresFailed(f"openssl {' '.join(command)} failed:\n{result.stderr}")
         for name, mode in (("server.key", 0o600), ("server.crt", 0o644), ("ca.crt", 0o644)):
@@ -730,12 +899,26 @@ class PostgresServer:
         spec = {
             "data_dir": str(self.data_dir),
             "base_dir": str(self.base_dir),
-            "stop": self._as_server([self._bin("pg_ctl"), "stop", "-D", str(self.data_dir),
-                                     "-m", "immediate", "-w", "-t", "60", "-s"]),
+            "stop": self._as_server(
+                [
+                    self._bin("pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "60",
+                    "-s",
+                ]
+            ),
         }
         self._watchdog = subprocess.Popen(
             [sys.executable, "-c", _WATCHDOG, json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # not killed by the Ctrl-C meant for the test run
         )
 
@@ -783,7 +966,8 @@ class PostgresServer:
             match = _AUTHORIZED.search(raw.decode(errors="replace"))
             if match:
                 self._authorized.append(
-                    (match["user"], match["database"], match["application_name"]))
+                    (match["user"], match["database"], match["application_name"])
+                )
 
 
 class _PortTaken(PostgresFailed):

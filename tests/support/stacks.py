@@ -33,8 +33,12 @@ DEFAULT_STACK = "dj52-psycopg3"
 # Venvs with more than a stack has, each for its own tests (never parametrised over):
 # Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py).
 EXTRA_VENVS: tuple[str, ...] = (
-    "djsuite-dj52-psycopg3", "djsuite-dj52-psycopg2", "djsuite-dj42-psycopg3",
-    "djsuite-dj42-psycopg2", "workers-dj52-psycopg3", "workers-dj52-psycopg2",
+    "djsuite-dj52-psycopg3",
+    "djsuite-dj52-psycopg2",
+    "djsuite-dj42-psycopg3",
+    "djsuite-dj42-psycopg2",
+    "workers-dj52-psycopg3",
+    "workers-dj52-psycopg2",
 )
 
 # Stacks whose Python runs inside a chroot (tests/setup_chroots.sh), by chroot:
@@ -74,9 +78,11 @@ def extra_stacks(value: str | None = None) -> tuple[str, ...]:
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     unknown = [name for name in names if name not in CHROOT_STACKS]
     if unknown:
-        raise ValueError(f"DJPOOL_TEST_STACKS: unknown stack {', '.join(unknown)}; "
-                         f"allowed: all, none, or a comma-separated list of "
-                         f"{', '.join(CHROOT_STACKS)}")
+        raise ValueError(
+            f"DJPOOL_TEST_STACKS: unknown stack {', '.join(unknown)}; "
+            f"allowed: all, none, or a comma-separated list of "
+            f"{', '.join(CHROOT_STACKS)}"
+        )
     return names
 
 
@@ -99,8 +105,16 @@ def python_version(stack: str) -> tuple[int, int]:
 
 # Variables of the test runner that must not reach a stack's process.
 _DROPPED_PREFIXES = ("POOL_", "DJPOOL_", "APP_", "PG")
-_DROPPED = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "DATABASE_URL",
-            "DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS"}
+_DROPPED = {
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "VIRTUAL_ENV",
+    "DATABASE_URL",
+    "DJANGO_SETTINGS_MODULE",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_ADDOPTS",
+}
 
 
 class Result(NamedTuple):
@@ -118,9 +132,11 @@ class Result(NamedTuple):
 def venv_dir(stack: str) -> Path:
     known = STACKS + EXTRA_VENVS + tuple(CHROOT_STACKS) + tuple(CHROOT_VENVS)
     if stack not in known:
-        raise ValueError(f"unknown stack {stack!r}; the stacks are "
-                         f"{', '.join(STACKS + tuple(CHROOT_STACKS))} "
-                         f"(and the venvs {', '.join(EXTRA_VENVS + tuple(CHROOT_VENVS))})")
+        raise ValueError(
+            f"unknown stack {stack!r}; the stacks are "
+            f"{', '.join(STACKS + tuple(CHROOT_STACKS))} "
+            f"(and the venvs {', '.join(EXTRA_VENVS + tuple(CHROOT_VENVS))})"
+        )
     return STACKS_DIR / stack
 
 
@@ -213,18 +229,29 @@ def run(
     return Result(completed.returncode, completed.stdout, completed.stderr)
 
 
-def run_python(stack: str, code: str, env: Mapping[str, str] | None = None, *,
-               shim: bool = True, app: bool = False, cwd: str | os.PathLike[str] | None = None,
-               timeout: float = 60) -> Result:
+def run_python(
+    stack: str,
+    code: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    shim: bool = True,
+    app: bool = False,
+    cwd: str | os.PathLike[str] | None = None,
+    timeout: float = 60,
+) -> Result:
     """Run a Python snippet (``python -c code``) in the stack."""
     return run(stack, ["-c", code], env, shim=shim, app=app, cwd=cwd, timeout=timeout)
 
 
-def run_manage(stack: str, *args: str, env: Mapping[str, str] | None = None,
-               shim: bool = True, timeout: float = 120) -> Result:
+def run_manage(
+    stack: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    shim: bool = True,
+    timeout: float = 120,
+) -> Result:
     """Run ``manage.py <args>`` of the sample app (tests/app) in the stack."""
-    return run(stack, [APP_DIR / "manage.py", *args], env, shim=shim, cwd=APP_DIR,
-               timeout=timeout)
+    return run(stack, [APP_DIR / "manage.py", *args], env, shim=shim, cwd=APP_DIR, timeout=timeout)
 
 
 def check(result: Result, what: str = "stack process") -> Result:
@@ -237,8 +264,9 @@ def check(result: Result, what: str = "stack process") -> Result:
     return result
 
 
-def chroot_command(stack: str, argv: Sequence[str | os.PathLike[str]],
-                   cwd: str | os.PathLike[str] | None = None) -> list[str]:
+def chroot_command(
+    stack: str, argv: Sequence[str | os.PathLike[str]], cwd: str | os.PathLike[str] | None = None
+) -> list[str]:
     """``argv`` run inside the chroot stack's root filesystem (tests/support/chroot.sh).
 
     The command keeps the caller's pid; ``cwd`` (default: the caller's) must be
@@ -250,5 +278,11 @@ def chroot_command(stack: str, argv: Sequence[str | os.PathLike[str]],
     root = CHROOTS_DIR / name
     if not (root / "usr" / "bin").is_dir():
         raise FileNotFoundError(f"{root} is missing: {SETUP_CHROOTS_HINT}")
-    return ["/bin/sh", str(CHROOT_SH), str(root), str(REPO), str(cwd or os.getcwd()),
-            *map(str, argv)]
+    return [
+        "/bin/sh",
+        str(CHROOT_SH),
+        str(root),
+        str(REPO),
+        str(cwd or os.getcwd()),
+        *map(str, argv),
+    ]
