@@ -64,27 +64,45 @@ Stand-ins for Heroku's own CNBs, written from their sources
 - ``HerokuProcfile``: ``launch.toml`` processes ``bash -c <command>``, the
   ``web`` process the default.
 
-Standard library only.
+Standard library only. From the command line (``python tests/support/cnb.py --help``)::
+
+    python tests/support/cnb.py build WORKDIR APP_DIR [APP_DIR...] --config K=V ...
+    python tests/support/cnb.py run -e DATABASE_URL=... WORKDIR -- python manage.py migrate
+    python tests/support/cnb.py start -e DATABASE_URL=... WORKDIR web   # until Ctrl-C
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import subprocess
+import sys
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from support.heroku import REPO, EmulatorError, copy_tree_linked, find_uv, python_install
-from support.httpclient import HttpMethods
-from support.procs import children_of, free_port, stop_group
-from support.waiting import wait_until
+if __package__ in (None, ""):  # run as a script: make the `support` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from support.heroku import (  # noqa: E402
+    REPO,
+    EmulatorError,
+    copy_tree_linked,
+    find_uv,
+    python_install,
+)
+from support.httpclient import HttpMethods  # noqa: E402
+from support.procs import children_of, free_port, stop_group  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 BUILDPACK_DIR = REPO
 DETECT_PASS, DETECT_FAIL = 0, 100
@@ -353,6 +371,30 @@ def _with_layer(env: dict[str, str], layer: Path) -> dict[str, str]:
     return env
 
 
+def _uv_env(env: Mapping[str, str]) -> dict[str, str]:
+    """uv's environment in the stand-in: the build's, the index reachable, this machine's cache."""
+    return {**env, **network_env(), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1",
+            "UV_LINK_MODE": "copy", "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR")
+            or os.path.join(os.path.expanduser("~"), ".cache", "uv")}
+
+
+def _install_pip(python: str, python_layer: Path, pip_layer: Path, env: Mapping[str, str],
+                 app: Path, log: list[str]) -> bool:
+    """pip into the pip layer as a user install (PYTHONUSERBASE), as heroku/python does.
+
+    From the pip wheel the standard library bundles, with nothing downloaded;
+    a Python without it (Debian's strips it) gets pip with uv instead.
+    """
+    wheel = next(python_layer.glob("lib/python3.*/ensurepip/_bundled/pip-*.whl"), None)
+    if wheel is not None:
+        return _run([python, f"{wheel}/pip", "install", "--isolated", "--no-cache-dir",
+                     "--no-index", "--no-input", "--quiet", "--user",
+                     "--root-user-action=ignore", "--no-warn-script-location", str(wheel)],
+                    env, app, log)
+    return _run([find_uv(), "pip", "install", "--quiet", "--python", python,
+                 "--prefix", str(pip_layer), "pip"], _uv_env(env), app, log)
+
+
 class HerokuPython:
     """Stand-in for heroku/python's CNB (heroku/buildpacks-python): see the module's docstring."""
 
@@ -408,13 +450,9 @@ class HerokuPython:
             _env_file(pip_layer, "env.build", "PIP_DISABLE_PIP_VERSION_CHECK.override", "1")
             _env_file(pip_layer, "env.build", "PYTHONUSERBASE.override", str(pip_layer))
             if not reused:
-                log.append("- Installing pip (the standard library's bundled wheel)")
-                wheel = next(python_layer.glob(f"lib/{short}/ensurepip/_bundled/pip-*.whl"))
-                if not _run([python, f"{wheel}/pip", "install", "--isolated", "--no-cache-dir",
-                             "--no-index", "--no-input", "--quiet", "--user",
-                             "--root-user-action=ignore", "--no-warn-script-location",
-                             str(wheel)],
-                            _with_layer(env, pip_layer), app, log):
+                log.append("- Installing pip")
+                if not _install_pip(python, python_layer, pip_layer, _with_layer(env, pip_layer),
+                                    app, log):
                     return 1, "\n".join(log) + "\n"
             env = _with_layer(env, pip_layer)
         else:
@@ -442,9 +480,7 @@ class HerokuPython:
 
         # The app's packages, with uv either way (the stand-in for `pip install
         # -r requirements.txt`), from this machine's uv cache.
-        uv_env = {**env, **network_env(), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1",
-                  "UV_LINK_MODE": "copy", "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR")
-                  or os.path.join(os.path.expanduser("~"), ".cache", "uv")}
+        uv_env = _uv_env(env)
         if manager == "pip":
             log.append("- Installing dependencies (stand-in for 'pip install -r requirements.txt')")
             command = [find_uv(), "pip", "install", "--quiet", "--python",
@@ -764,6 +800,11 @@ class CnbApp:
                              follow_symlinks=False)
 
     def _finish(self, ok: bool, previous: Mapping[str, Path]) -> None:
+        if ok:
+            (self.workdir / "cnb.json").write_text(json.dumps({
+                "sources": [str(source.resolve()) for source in self.sources],
+                "config": self.config, "group": [bp.id for bp in self.built_group],
+                "processes": self.processes}))
         for name, path in previous.items():
             current = self.workdir / name
             if ok:
@@ -926,3 +967,68 @@ class CnbProcess(HttpMethods):
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+
+# -- command line ----------------------------------------------------------------------
+
+
+def load(workdir: Path) -> CnbApp:
+    """The app last built in ``workdir`` (by ``build`` below), with the default group."""
+    if not (workdir / "cnb.json").is_file():
+        raise EmulatorError(f"nothing is built in {workdir}: build first")
+    state = json.loads((workdir / "cnb.json").read_text())
+    app = CnbApp([Path(s) for s in state["sources"]], workdir, state["config"])
+    if [bp.id for bp in app.group] != state["group"]:
+        raise EmulatorError(f"{workdir} was built with another group: {state['group']}")
+    app.built_group = list(app.group)
+    app.processes = state["processes"]
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python tests/support/cnb.py",
+        description="Build an app with project.toml's group (heroku/python and heroku/procfile "
+                    "stand-ins, this CNB) as the CNB lifecycle would, then launch its processes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build APP_DIR(s) into WORKDIR")
+    build.add_argument("workdir", type=Path)
+    build.add_argument("sources", type=Path, nargs="+", help="laid over each other in order")
+    build.add_argument("--config", action="append", default=[], metavar="NAME=VALUE")
+    run = commands.add_parser("run", help="a one-off process in the built app")
+    run.add_argument("workdir", type=Path)
+    run.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+    run.add_argument("argv", nargs=argparse.REMAINDER)
+    start = commands.add_parser("start", help="launch a process of launch.toml until Ctrl-C")
+    start.add_argument("workdir", type=Path)
+    start.add_argument("process_type", nargs="?", default="web")
+    start.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args(argv)
+
+    if args.command == "build":
+        config = dict(item.split("=", 1) for item in args.config)
+        result = CnbApp(args.sources, args.workdir, config).build()
+        sys.stdout.write(result.log)
+        return 0 if result.ok else 1
+    app = load(args.workdir.resolve())
+    env = dict(item.split("=", 1) for item in args.env)
+    if args.command == "run":
+        command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        done = app.run(shlex.join(command), env=env)
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr)
+        return done.returncode
+    process = app.start(args.process_type, env=env)
+    print(f"{args.process_type} is up at {process.base_url} (log: {process.log_path}); "
+          "Ctrl-C stops it", flush=True)
+    try:
+        while process.process is not None and process.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        process.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
