@@ -725,3 +725,17 @@ def test_the_systems_python_is_left_alone(base_app: CnbApp, database_url: str) -
     assert str(root / "shim") in path
     assert str(root / "lib") not in path
     assert done.stderr == ""
+
+
+def test_the_base_interpreter_under_the_venv_is_left_alone(base_app: CnbApp,
+                                                           database_url: str) -> None:
+    """heroku/python's own Python (the venv's base) does not see the app's packages: no djpool."""
+    python = base_app.layers_dir / "heroku_python" / "python" / "bin" / "python3"
+    code = "import sys; print(sys.prefix); print('djpool' in sys.modules)"
+    done = base_app.run(shlex.join([str(python), "-c", code]),
+                        env={"DATABASE_URL": database_url, "DJPOOL_DEBUG": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(python.parent.parent), "False"]
+    # DJPOOL_DEBUG: the shim says why it stayed out.
+    [line] = djpool_lines(done.stderr)
+    assert line.startswith("djpool: not loaded: this interpreter"), line
