@@ -77,11 +77,13 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
-PATCHED = ("from django.db import connection\n"
-           "with connection.cursor() as c: c.execute('SELECT 1')\n"
-           "import sqlalchemy\n"
-           "from djpool import startup\n"
-           "print('patched', startup.registry() is not None, sqlalchemy.__version__)")
+PATCHED = (
+    "from django.db import connection\n"
+    "with connection.cursor() as c: c.execute('SELECT 1')\n"
+    "import sqlalchemy\n"
+    "from djpool import startup\n"
+    "print('patched', startup.registry() is not None, sqlalchemy.__version__)"
+)
 
 
 def dead_index_config() -> dict[str, str]:
@@ -116,8 +118,9 @@ def base_app(cnb_dir: Path, pg) -> CnbApp:
     app = CnbApp(sources(), cnb_dir / "base", BASE_CONFIG)
     build = app.build()
     assert build.ok, build.log
-    release = app.launch("release", env={"DATABASE_URL": pg.url(
-        sslmode="require", application_name="cnb-release")})
+    release = app.launch(
+        "release", env={"DATABASE_URL": pg.url(sslmode="require", application_name="cnb-release")}
+    )
     assert release.returncode == 0, release.stderr
     app.release_result = release  # type: ignore[attr-defined]
     return app
@@ -220,7 +223,8 @@ def probe_buildpack(root: Path, buildpack_id: str, clear_env: bool = False) -> D
     (directory / "bin").mkdir(parents=True)
     (directory / "buildpack.toml").write_text(
         f'api = "0.10"\n[buildpack]\nid = "{buildpack_id}"\nversion = "0.0.1"\n'
-        f"clear-env = {str(clear_env).lower()}\n")
+        f"clear-env = {str(clear_env).lower()}\n"
+    )
     for phase in ("detect", "build"):
         (directory / "bin" / phase).write_text(PROBE)
         (directory / "bin" / phase).chmod(0o755)
@@ -228,8 +232,9 @@ def probe_buildpack(root: Path, buildpack_id: str, clear_env: bool = False) -> D
 
 
 def probe_reports(log: str) -> list[dict]:
-    return [json.loads(line[len("PROBE "):]) for line in log.splitlines()
-            if line.startswith("PROBE ")]
+    return [
+        json.loads(line[len("PROBE ") :]) for line in log.splitlines() if line.startswith("PROBE ")
+    ]
 
 
 def launched_env(app: CnbApp, process_type: str = "probe", env=None) -> dict[str, str]:
@@ -240,10 +245,15 @@ def launched_env(app: CnbApp, process_type: str = "probe", env=None) -> dict[str
 
 # Variables these machines (and a developer's shell) export that no build or process may see.
 RUNNER_ONLY = {
-    "PYTHONDONTWRITEBYTECODE": "1", "PIP_FIND_LINKS": "/runner/wheels",
-    "VIRTUAL_ENV": "/runner/venv", "PYTHONPATH": "/runner/path", "PYTHONHOME": "/runner/home",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PIP_FIND_LINKS": "/runner/wheels",
+    "VIRTUAL_ENV": "/runner/venv",
+    "PYTHONPATH": "/runner/path",
+    "PYTHONHOME": "/runner/home",
     "UV_CACHE_DIR": "/runner/uv",
-    "DJPOOL_CANARY": "runner", "POOL_SIZE": "999", "http_proxy": "http://runner:1",
+    "DJPOOL_CANARY": "runner",
+    "POOL_SIZE": "999",
+    "http_proxy": "http://runner:1",
 }
 
 
@@ -255,10 +265,16 @@ def probe_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CnbApp:
     source = tmp_path / "source"
     source.mkdir()
     (source / "app.txt").write_text("the app\n")
-    group = [probe_buildpack(tmp_path / "buildpacks", "test/one"),
-             probe_buildpack(tmp_path / "buildpacks", "test/two", clear_env=True)]
-    return CnbApp(source, tmp_path / "work", {"PROBE_ROLE": "test_one", "USER_VAR": "from-user",
-                                              "PATH": "/user/bin"}, group=group)
+    group = [
+        probe_buildpack(tmp_path / "buildpacks", "test/one"),
+        probe_buildpack(tmp_path / "buildpacks", "test/two", clear_env=True),
+    ]
+    return CnbApp(
+        source,
+        tmp_path / "work",
+        {"PROBE_ROLE": "test_one", "USER_VAR": "from-user", "PATH": "/user/bin"},
+        group=group,
+    )
 
 
 def test_emulator_passes_nothing_of_the_runners_environment(probe_app: CnbApp) -> None:
@@ -266,16 +282,32 @@ def test_emulator_passes_nothing_of_the_runners_environment(probe_app: CnbApp) -
     assert build.ok, build.log
     reports = probe_reports(build.log)
     assert [(r["phase"], Path(r["env"]["CNB_BUILDPACK_DIR"]).name) for r in reports] == [
-        ("detect", "test_one"), ("detect", "test_two"),
-        ("build", "test_one"), ("build", "test_two")]
+        ("detect", "test_one"),
+        ("detect", "test_two"),
+        ("build", "test_one"),
+        ("build", "test_two"),
+    ]
     network = set(network_env())
     for report in reports:
         env = report["env"]
         assert not set(env) & set(RUNNER_ONLY), report["phase"]
-        allowed = {"HOME", "PATH", "CNB_PLATFORM_DIR", "CNB_BUILDPACK_DIR", "CNB_TARGET_OS",
-                   "CNB_TARGET_ARCH", "CNB_TARGET_DISTRO_NAME", "CNB_TARGET_DISTRO_VERSION",
-                   "CNB_BUILD_PLAN_PATH", "CNB_LAYERS_DIR", "CNB_BP_PLAN_PATH", "TOOL",
-                   "PROBE_ROLE", "USER_VAR", *network}
+        allowed = {
+            "HOME",
+            "PATH",
+            "CNB_PLATFORM_DIR",
+            "CNB_BUILDPACK_DIR",
+            "CNB_TARGET_OS",
+            "CNB_TARGET_ARCH",
+            "CNB_TARGET_DISTRO_NAME",
+            "CNB_TARGET_DISTRO_VERSION",
+            "CNB_BUILD_PLAN_PATH",
+            "CNB_LAYERS_DIR",
+            "CNB_BP_PLAN_PATH",
+            "TOOL",
+            "PROBE_ROLE",
+            "USER_VAR",
+            *network,
+        }
         assert set(env) <= allowed, (report["phase"], set(env) - allowed)
         assert env["HOME"] == str(probe_app.home)
         assert report["cwd"] == str(probe_app.app_dir)
@@ -286,10 +318,15 @@ def test_emulator_passes_nothing_of_the_runners_environment(probe_app: CnbApp) -
     # clear-env = true: none of them.
     assert "USER_VAR" not in detect_two["env"] and "USER_VAR" not in build_two["env"]
     # The positional arguments the lifecycle still passes.
-    assert detect_one["argv"] == [str(probe_app.platform_dir),
-                                  detect_one["env"]["CNB_BUILD_PLAN_PATH"]]
-    assert build_one["argv"] == [build_one["env"]["CNB_LAYERS_DIR"], str(probe_app.platform_dir),
-                                 build_one["env"]["CNB_BP_PLAN_PATH"]]
+    assert detect_one["argv"] == [
+        str(probe_app.platform_dir),
+        detect_one["env"]["CNB_BUILD_PLAN_PATH"],
+    ]
+    assert build_one["argv"] == [
+        build_one["env"]["CNB_LAYERS_DIR"],
+        str(probe_app.platform_dir),
+        build_one["env"]["CNB_BP_PLAN_PATH"],
+    ]
     # A build layer of the first buildpack reaches the second one's build.
     tool = probe_app.layers_dir / "test_one" / "tool"
     assert build_two["env"]["TOOL"] == "1"
@@ -319,26 +356,31 @@ def test_emulator_applies_env_files_by_the_spec(probe_app: CnbApp) -> None:
     assert env["EXECD"] == "ran" and env["SAW_OVR"] == "probe-b"
     assert env["EXECD_PROBE"] == "ran"
     # Not the probe process: no env.launch/probe, no exec.d/probe.
-    done = probe_app.run("printf '%s|%s|%s' \"$OVR\" \"$EXECD\" \"${EXECD_PROBE-unset}\"",
-                         env={"PATH": IMAGE_PATH})  # the PATH config var has no bash
+    done = probe_app.run(
+        'printf \'%s|%s|%s\' "$OVR" "$EXECD" "${EXECD_PROBE-unset}"', env={"PATH": IMAGE_PATH}
+    )  # the PATH config var has no bash
     assert done.stdout == "launch-b|ran|unset"
 
 
-def test_emulator_keeps_cache_layers_and_only_launch_layers_in_the_image(
-        probe_app: CnbApp) -> None:
+def test_emulator_keeps_cache_layers_and_only_launch_layers_in_the_image(probe_app: CnbApp) -> None:
     assert probe_app.build().ok
     layers = probe_app.layers_dir / "test_one"
-    assert sorted(p.name for p in layers.iterdir()) == [
-        "a", "a.toml", "b", "b.toml", "launch.toml"]
+    assert sorted(p.name for p in layers.iterdir()) == ["a", "a.toml", "b", "b.toml", "launch.toml"]
     assert (layers / "a" / "env.launch" / "OVR.override").stat().st_mtime == EXPORT_MTIME
     rebuild = probe_app.build()
     assert rebuild.ok, rebuild.log
-    found = next(r for r in probe_reports(rebuild.log)
-                 if r["phase"] == "build" and r["env"]["CNB_BUILDPACK_DIR"].endswith("test_one"))
+    found = next(
+        r
+        for r in probe_reports(rebuild.log)
+        if r["phase"] == "build" and r["env"]["CNB_BUILDPACK_DIR"].endswith("test_one")
+    )
     # The cache layer and its metadata without [types]; the launch layers' metadata only.
-    assert found["found"] == {"a.toml": '[metadata]\nby = "probe"\n',
-                              "b.toml": '[metadata]\nby = "probe"\n',
-                              "kept": "dir", "kept.toml": '[metadata]\nby = "probe"\n'}
+    assert found["found"] == {
+        "a.toml": '[metadata]\nby = "probe"\n',
+        "b.toml": '[metadata]\nby = "probe"\n',
+        "kept": "dir",
+        "kept.toml": '[metadata]\nby = "probe"\n',
+    }
     assert (probe_app.cache_dir / "test_one" / "kept" / "count").read_text() == "2"
 
 
@@ -347,9 +389,11 @@ def test_detect_requiring_what_nobody_provides_fails_the_group(tmp_path: Path) -
     requiring = tmp_path / "requiring"
     (requiring / "bin").mkdir(parents=True)
     (requiring / "buildpack.toml").write_text(
-        'api = "0.10"\n[buildpack]\nid = "test/requiring"\nversion = "0.0.1"\n')
+        'api = "0.10"\n[buildpack]\nid = "test/requiring"\nversion = "0.0.1"\n'
+    )
     (requiring / "bin" / "detect").write_text(
-        '#!/bin/sh\nprintf \'[[requires]]\\nname = "python"\\n\' > "$CNB_BUILD_PLAN_PATH"\n')
+        '#!/bin/sh\nprintf \'[[requires]]\\nname = "python"\\n\' > "$CNB_BUILD_PLAN_PATH"\n'
+    )
     (requiring / "bin" / "detect").chmod(0o755)
     source = tmp_path / "source"
     source.mkdir()
@@ -370,14 +414,24 @@ def cnb_detect(app_dir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str
     plan = tmp_path / "plan.toml"
     plan.write_text("")
     return subprocess.run(
-        [REPO / "bin" / "detect", platform, plan], cwd=app_dir, capture_output=True, text=True,
-        env={"PATH": IMAGE_PATH, "HOME": str(tmp_path), "CNB_PLATFORM_DIR": str(platform),
-             "CNB_BUILD_PLAN_PATH": str(plan), "CNB_BUILDPACK_DIR": str(REPO)})
+        [REPO / "bin" / "detect", platform, plan],
+        cwd=app_dir,
+        capture_output=True,
+        text=True,
+        env={
+            "PATH": IMAGE_PATH,
+            "HOME": str(tmp_path),
+            "CNB_PLATFORM_DIR": str(platform),
+            "CNB_BUILD_PLAN_PATH": str(plan),
+            "CNB_BUILDPACK_DIR": str(REPO),
+        },
+    )
 
 
 @pytest.mark.parametrize("marker", ["requirements.txt", "pyproject.toml", "Pipfile"])
-def test_cnb_detect_passes_for_a_python_app_and_requires_nothing(tmp_path: Path,
-                                                                  marker: str) -> None:
+def test_cnb_detect_passes_for_a_python_app_and_requires_nothing(
+    tmp_path: Path, marker: str
+) -> None:
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / marker).write_text("")
@@ -403,7 +457,9 @@ def test_buildpack_toml_and_project_toml() -> None:
     assert descriptor["api"] == "0.10"
     assert descriptor["buildpack"]["id"] == "djpool/djpool"
     assert [(t["os"], t["arch"]) for t in descriptor["targets"]] == [
-        ("linux", "amd64"), ("linux", "arm64")]
+        ("linux", "amd64"),
+        ("linux", "arm64"),
+    ]
     assert project_group() == ["heroku/python", "djpool/djpool", "heroku/procfile"]
     group = default_group()  # what the emulator builds with
     assert [bp.id for bp in group] == project_group()
@@ -427,10 +483,16 @@ def test_build_puts_djpool_into_a_launch_layer(base_app: CnbApp) -> None:
     # In the image: the launch layer only; the wheels went to the cache.
     assert sorted(p.name for p in layers.iterdir()) == ["runtime", "runtime.toml"]
     assert tomllib.loads((layers / "runtime.toml").read_text())["types"] == {
-        "launch": True, "build": False, "cache": False}
+        "launch": True,
+        "build": False,
+        "cache": False,
+    }
     cached = base_app.cache_dir / DJPOOL_LAYERS
     assert tomllib.loads((cached / "wheels.toml").read_text())["types"] == {
-        "launch": False, "build": False, "cache": True}
+        "launch": False,
+        "build": False,
+        "cache": True,
+    }
     assert list((cached / "wheels").glob("djpool/wheels/sqlalchemy-2.1.9-*.whl"))
     root = runtime / "djpool"
     assert (root / "shim" / "sitecustomize.py").is_file()
@@ -439,7 +501,10 @@ def test_build_puts_djpool_into_a_launch_layer(base_app: CnbApp) -> None:
     assert not (runtime / "lib").exists()  # a layer's lib/ would go onto LD_LIBRARY_PATH
     launch = runtime / "env.launch"
     assert sorted(p.name for p in launch.iterdir()) == [
-        "DJPOOL_PYTHON_PREFIX.override", "PYTHONPATH.delim", "PYTHONPATH.prepend"]
+        "DJPOOL_PYTHON_PREFIX.override",
+        "PYTHONPATH.delim",
+        "PYTHONPATH.prepend",
+    ]
     assert (launch / "PYTHONPATH.prepend").read_text() == str(root / "shim")
     assert (launch / "PYTHONPATH.delim").read_text() == ":"
     venv = base_app.layers_dir / "heroku_python" / "venv"
@@ -454,7 +519,7 @@ def test_documented_build_output_is_the_real_one(base_app: CnbApp) -> None:
     documented = doc.split("After heroku/python, the build log shows:\n\n```\n", 1)[1]
     documented = documented.split("```", 1)[0]
     log = base_app.builds[-1].log
-    real = log[log.index("-----> djpool: checking"):]
+    real = log[log.index("-----> djpool: checking") :]
     real = real[: real.index("\n", real.index("-----> djpool is installed")) + 1]
 
     def normal(text: str) -> list[str]:
@@ -470,10 +535,10 @@ def test_documented_build_output_is_the_real_one(base_app: CnbApp) -> None:
 def test_launch_layer_names_nothing_that_is_gone_at_launch(base_app: CnbApp) -> None:
     """Neither the buildpack's dir, nor the platform dir, nor the cache-only wheels layer."""
     runtime = base_app.layers_dir / DJPOOL_LAYERS / "runtime"
-    for gone in (REPO, base_app.platform_dir,
-                 base_app.layers_dir / DJPOOL_LAYERS / "wheels"):
-        found = subprocess.run(["grep", "-rlF", str(gone), str(runtime)],
-                               capture_output=True, text=True)
+    for gone in (REPO, base_app.platform_dir, base_app.layers_dir / DJPOOL_LAYERS / "wheels"):
+        found = subprocess.run(
+            ["grep", "-rlF", str(gone), str(runtime)], capture_output=True, text=True
+        )
         assert found.returncode == 1, f"files naming {gone}:\n{found.stdout}"
 
 
@@ -501,8 +566,9 @@ def test_invalid_pool_size_fails_the_build_and_keeps_the_image(cnb_dir: Path) ->
     build = app.build()
     assert not build.ok
     assert " !     Error: a djpool config var is not valid." in build.log
-    assert (" !     POOL_SIZE='abc' is not valid: expected a whole number from 1 to 1000"
-            in build.log)
+    assert (
+        " !     POOL_SIZE='abc' is not valid: expected a whole number from 1 to 1000" in build.log
+    )
     assert "ERROR: failed to build: djpool/djpool" in build.log
     assert sorted(str(p) for p in app.layers_dir.rglob("*")) == image
 
@@ -544,8 +610,9 @@ def test_cold_cache_with_no_index_reachable_fails_clearly(cnb_dir: Path) -> None
     assert " !     Error: could not download djpool's dependencies." in build.log
 
 
-def test_uv_app_builds_without_pip(cnb_dir: Path, processes, pg, appname: str,
-                                   database_url: str) -> None:
+def test_uv_app_builds_without_pip(
+    cnb_dir: Path, processes, pg, appname: str, database_url: str
+) -> None:
     app = CnbApp([APP_SOURCE, APPS / "uv"], cnb_dir / "uv", BASE_CONFIG)
     build = app.build()
     assert build.ok, build.log
@@ -556,8 +623,12 @@ def test_uv_app_builds_without_pip(cnb_dir: Path, processes, pg, appname: str,
     venv = Path(env["VIRTUAL_ENV"])
     layer_bins = [d for d in env["PATH"].split(":") if d.startswith(str(app.layers_dir))]
     assert layer_bins and not any((Path(d) / "pip").exists() for d in layer_bins)
-    assert subprocess.run([venv / "bin" / "python", "-m", "pip", "--version"], env=env,
-                          capture_output=True).returncode != 0
+    assert (
+        subprocess.run(
+            [venv / "bin" / "python", "-m", "pip", "--version"], env=env, capture_output=True
+        ).returncode
+        != 0
+    )
     web = processes(app, "web", {"DATABASE_URL": database_url, "WEB_CONCURRENCY": "1"})
     pids = {web.get("/pid/")[1]["pid"] for _ in range(10)}
     assert len(pids) <= POOL_SIZE + POOL_MAX_OVERFLOW
@@ -565,28 +636,32 @@ def test_uv_app_builds_without_pip(cnb_dir: Path, processes, pg, appname: str,
     assert len(djpool_lines(web.log_text())) == 1
 
 
-@pytest.mark.parametrize(("variant", "version"), [("sqlalchemy14", "1.4.54"),
-                                                  ("sqlalchemy2", "2.0.41")])
-def test_the_apps_own_sqlalchemy_is_kept_and_pools(cnb_dir: Path, processes, pg, appname: str,
-                                                   database_url: str, variant: str,
-                                                   version: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "version"), [("sqlalchemy14", "1.4.54"), ("sqlalchemy2", "2.0.41")]
+)
+def test_the_apps_own_sqlalchemy_is_kept_and_pools(
+    cnb_dir: Path, processes, pg, appname: str, database_url: str, variant: str, version: str
+) -> None:
     app = CnbApp(sources(variant), cnb_dir / variant, {**BASE_CONFIG, "WEB_CONCURRENCY": "1"})
     build = app.build()
     assert build.ok, build.log
     assert f"       SQLAlchemy {version}: the app's own copy" in build.log
     assert "privately" not in build.log
     assert not (app.layers_dir / DJPOOL_LAYERS / "runtime" / "djpool" / "vendor").exists()
-    code = ("import os, sqlalchemy\n"
-            "from django.db import connection\n"
-            "with connection.cursor() as c: c.execute('SELECT 1')\n"
-            "from djpool import startup\n"
-            "print(sqlalchemy.__version__, startup.registry() is not None, "
-            "os.environ.get('APP_SITECUSTOMIZE'))")
+    code = (
+        "import os, sqlalchemy\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c: c.execute('SELECT 1')\n"
+        "from djpool import startup\n"
+        "print(sqlalchemy.__version__, startup.registry() is not None, "
+        "os.environ.get('APP_SITECUSTOMIZE'))"
+    )
     # On Fir nothing puts the app dir on sys.path before Python's site runs, so
     # an app's own sitecustomize.py runs only if the app's PYTHONPATH names the
     # app dir; then the shim, first on PYTHONPATH, runs it too.
-    done = app.run(shell_python(code), env={"DATABASE_URL": database_url,
-                                            "PYTHONPATH": str(app.app_dir)})
+    done = app.run(
+        shell_python(code), env={"DATABASE_URL": database_url, "PYTHONPATH": str(app.app_dir)}
+    )
     assert done.returncode == 0, done.stderr
     expected_sitecustomize = "loaded" if variant == "sqlalchemy14" else "None"
     assert last_line(done.stdout).split() == [version, "True", expected_sitecustomize]
@@ -608,16 +683,17 @@ def test_release_process_runs_with_djpool(base_app: CnbApp) -> None:
     assert "password" not in release.stderr.lower()
 
 
-def test_one_off_shell_is_pooled(base_app: CnbApp, pg, appname: str,
-                                 database_url: str) -> None:
-    code = ("from django.db import connection\n"
-            "from djpool import startup\n"
-            "pids = set()\n"
-            "for _ in range(5):\n"
-            "    with connection.cursor() as c:\n"
-            "        c.execute('SELECT pg_backend_pid()'); pids.add(c.fetchone()[0])\n"
-            "    connection.close()\n"
-            "print('patched', startup.registry() is not None, len(pids))")
+def test_one_off_shell_is_pooled(base_app: CnbApp, pg, appname: str, database_url: str) -> None:
+    code = (
+        "from django.db import connection\n"
+        "from djpool import startup\n"
+        "pids = set()\n"
+        "for _ in range(5):\n"
+        "    with connection.cursor() as c:\n"
+        "        c.execute('SELECT pg_backend_pid()'); pids.add(c.fetchone()[0])\n"
+        "    connection.close()\n"
+        "print('patched', startup.registry() is not None, len(pids))"
+    )
     done = base_app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     # Django closes its connection five times; the pool keeps the one server connection.
@@ -626,11 +702,16 @@ def test_one_off_shell_is_pooled(base_app: CnbApp, pg, appname: str,
     assert djpool_lines(done.stderr)[0].startswith(DJPOOL_LINE)
 
 
-def test_every_web_worker_pools(base_app: CnbApp, processes, pg, appname: str,
-                                database_url: str) -> None:
+def test_every_web_worker_pools(
+    base_app: CnbApp, processes, pg, appname: str, database_url: str
+) -> None:
     web = processes(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_until(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-                         timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
+    workers = wait_until(
+        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+        timeout=30,
+        interval=0.05,
+        message=f"{WORKERS} gunicorn workers",
+    )
     assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
 
     seen = {}
@@ -647,7 +728,8 @@ def test_every_web_worker_pools(base_app: CnbApp, processes, pg, appname: str,
 
     def backend(_):
         status, body = web.post_json(
-            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]})
+            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]}
+        )
         assert status == 200, body
         return body["rows"][0]
 
@@ -667,14 +749,22 @@ def test_every_web_worker_pools(base_app: CnbApp, processes, pg, appname: str,
     assert pg.connections_opened(application_name=appname) == len(everything) < requests
 
 
-def test_server_connections_stay_bounded_under_load(base_app: CnbApp, processes, pg,
-                                                    appname: str, database_url: str) -> None:
+def test_server_connections_stay_bounded_under_load(
+    base_app: CnbApp, processes, pg, appname: str, database_url: str
+) -> None:
     """16 clients at once against 2 workers x 4 threads, with 2 x 3 pooled connections."""
     pool_size = 3
-    web = processes(base_app, "web", {"DATABASE_URL": database_url,
-                                      "POOL_SIZE": str(pool_size), "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_until(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-                         timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
+    web = processes(
+        base_app,
+        "web",
+        {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size), "POOL_MAX_OVERFLOW": "0"},
+    )
+    workers = wait_until(
+        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+        timeout=30,
+        interval=0.05,
+        message=f"{WORKERS} gunicorn workers",
+    )
     first_query_in_every_worker(web, workers)
     limit = WORKERS * pool_size
 
@@ -688,8 +778,9 @@ def test_server_connections_stay_bounded_under_load(base_app: CnbApp, processes,
     assert pg.connections_opened(application_name=appname) <= limit
 
 
-def test_pool_disabled_leaves_the_app_unpooled(base_app: CnbApp, processes, pg, appname: str,
-                                               database_url: str) -> None:
+def test_pool_disabled_leaves_the_app_unpooled(
+    base_app: CnbApp, processes, pg, appname: str, database_url: str
+) -> None:
     web = processes(base_app, "web", {"DATABASE_URL": database_url, "POOL_DISABLED": "1"})
     pids = [web.get("/pid/")[1]["pid"] for _ in range(5)]
     assert len(set(pids)) == 5  # a new server connection for every request
@@ -703,8 +794,10 @@ def test_launch_environment(base_app: CnbApp) -> None:
     """What the layers give every process: the shim first, the venv's Python, nothing else."""
     venv = base_app.layers_dir / "heroku_python" / "venv"
     shim = base_app.layers_dir / DJPOOL_LAYERS / "runtime" / "djpool" / "shim"
-    show = ("python -c 'import os, sys; print(os.environ[\"PYTHONPATH\"]); "
-            "print(os.environ[\"DJPOOL_PYTHON_PREFIX\"]); print(sys.prefix)'")
+    show = (
+        'python -c \'import os, sys; print(os.environ["PYTHONPATH"]); '
+        'print(os.environ["DJPOOL_PYTHON_PREFIX"]); print(sys.prefix)\''
+    )
     assert base_app.run(show).stdout.split() == [str(shim), str(venv), str(venv)]
     own = base_app.run(show, env={"PYTHONPATH": "/srv/extra"})
     assert own.stdout.split()[0] == f"{shim}:/srv/extra"
@@ -713,10 +806,13 @@ def test_launch_environment(base_app: CnbApp) -> None:
 @pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no /usr/bin/python3")
 def test_the_systems_python_is_left_alone(base_app: CnbApp, database_url: str) -> None:
     """/usr/bin/python3 (VIRTUAL_ENV set) imports the shim, first on PYTHONPATH; it stays out."""
-    code = ("import os, sys; print(sys.prefix); print(os.environ['VIRTUAL_ENV']); "
-            "print(*sys.path, sep='\\n')")
-    done = base_app.run(shlex.join(["/usr/bin/python3", "-c", code]),
-                        env={"DATABASE_URL": database_url})
+    code = (
+        "import os, sys; print(sys.prefix); print(os.environ['VIRTUAL_ENV']); "
+        "print(*sys.path, sep='\\n')"
+    )
+    done = base_app.run(
+        shlex.join(["/usr/bin/python3", "-c", code]), env={"DATABASE_URL": database_url}
+    )
     assert done.returncode == 0, done.stderr
     prefix, virtual_env, *path = done.stdout.splitlines()
     assert prefix == "/usr"
@@ -727,13 +823,16 @@ def test_the_systems_python_is_left_alone(base_app: CnbApp, database_url: str) -
     assert done.stderr == ""
 
 
-def test_the_base_interpreter_under_the_venv_is_left_alone(base_app: CnbApp,
-                                                           database_url: str) -> None:
+def test_the_base_interpreter_under_the_venv_is_left_alone(
+    base_app: CnbApp, database_url: str
+) -> None:
     """heroku/python's own Python (the venv's base) does not see the app's packages: no djpool."""
     python = base_app.layers_dir / "heroku_python" / "python" / "bin" / "python3"
     code = "import sys; print(sys.prefix); print('djpool' in sys.modules)"
-    done = base_app.run(shlex.join([str(python), "-c", code]),
-                        env={"DATABASE_URL": database_url, "DJPOOL_DEBUG": "1"})
+    done = base_app.run(
+        shlex.join([str(python), "-c", code]),
+        env={"DATABASE_URL": database_url, "DJPOOL_DEBUG": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(python.parent.parent), "False"]
     # DJPOOL_DEBUG: the shim says why it stayed out.

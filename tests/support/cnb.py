@@ -112,8 +112,12 @@ IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Where a layer's directories go (buildpack.md, "Layer Paths"; lifecycle env/build.go,
 # env/launch.go).
-BUILD_ROOT_DIRS = {"bin": ("PATH",), "lib": ("LD_LIBRARY_PATH", "LIBRARY_PATH"),
-                   "include": ("CPATH",), "pkgconfig": ("PKG_CONFIG_PATH",)}
+BUILD_ROOT_DIRS = {
+    "bin": ("PATH",),
+    "lib": ("LD_LIBRARY_PATH", "LIBRARY_PATH"),
+    "include": ("CPATH",),
+    "pkgconfig": ("PKG_CONFIG_PATH",),
+}
 LAUNCH_ROOT_DIRS = {"bin": ("PATH",), "lib": ("LD_LIBRARY_PATH",)}
 PATH_VARIABLES = {name for names in BUILD_ROOT_DIRS.values() for name in names}
 
@@ -122,12 +126,33 @@ EXPORT_MTIME = 315532801
 
 # heroku/python's checks.rs: a build whose environment sets one of these fails.
 HEROKU_PYTHON_FORBIDDEN = (
-    "PIP_CACHE_DIR", "PIP_PREFIX", "PIP_PYTHON", "PIP_ROOT", "PIP_TARGET", "PIP_USER",
-    "POETRY_CACHE_DIR", "POETRY_DATA_DIR", "POETRY_HOME", "POETRY_VIRTUALENVS_CREATE",
-    "POETRY_VIRTUALENVS_IN_PROJECT", "POETRY_VIRTUALENVS_USE_POETRY_PYTHON", "PYTHONHOME",
-    "PYTHONINSPECT", "PYTHONNOUSERSITE", "PYTHONPLATLIBDIR", "PYTHONUSERBASE", "UV_CACHE_DIR",
-    "UV_LINK_MODE", "UV_MANAGED_PYTHON", "UV_NO_CACHE", "UV_NO_MANAGED_PYTHON", "UV_PROJECT",
-    "UV_PROJECT_ENVIRONMENT", "UV_PYTHON", "UV_PYTHON_DOWNLOADS", "UV_PYTHON_PREFERENCE",
+    "PIP_CACHE_DIR",
+    "PIP_PREFIX",
+    "PIP_PYTHON",
+    "PIP_ROOT",
+    "PIP_TARGET",
+    "PIP_USER",
+    "POETRY_CACHE_DIR",
+    "POETRY_DATA_DIR",
+    "POETRY_HOME",
+    "POETRY_VIRTUALENVS_CREATE",
+    "POETRY_VIRTUALENVS_IN_PROJECT",
+    "POETRY_VIRTUALENVS_USE_POETRY_PYTHON",
+    "PYTHONHOME",
+    "PYTHONINSPECT",
+    "PYTHONNOUSERSITE",
+    "PYTHONPLATLIBDIR",
+    "PYTHONUSERBASE",
+    "UV_CACHE_DIR",
+    "UV_LINK_MODE",
+    "UV_MANAGED_PYTHON",
+    "UV_NO_CACHE",
+    "UV_NO_MANAGED_PYTHON",
+    "UV_PROJECT",
+    "UV_PROJECT_ENVIRONMENT",
+    "UV_PYTHON",
+    "UV_PYTHON_DOWNLOADS",
+    "UV_PYTHON_PREFERENCE",
     "VIRTUAL_ENV",
 )
 
@@ -141,8 +166,9 @@ def network_env() -> dict[str, str]:
     build reaches PyPI with neither. Passed to detect, build and the
     heroku/python stand-in's uv; never to a launched process.
     """
-    return {name: os.environ[name] for name in ("SSL_CERT_FILE", "PIP_CERT")
-            if os.environ.get(name)}
+    return {
+        name: os.environ[name] for name in ("SSL_CERT_FILE", "PIP_CERT") if os.environ.get(name)
+    }
 
 
 def escape_id(buildpack_id: str) -> str:
@@ -154,16 +180,20 @@ def target_env() -> dict[str, str]:
     """CNB_TARGET_*: this machine stands in for the build and run images."""
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     release = platform.freedesktop_os_release()
-    return {"CNB_TARGET_OS": "linux", "CNB_TARGET_ARCH": arch,
-            "CNB_TARGET_DISTRO_NAME": release.get("ID", ""),
-            "CNB_TARGET_DISTRO_VERSION": release.get("VERSION_ID", "")}
+    return {
+        "CNB_TARGET_OS": "linux",
+        "CNB_TARGET_ARCH": arch,
+        "CNB_TARGET_DISTRO_NAME": release.get("ID", ""),
+        "CNB_TARGET_DISTRO_VERSION": release.get("VERSION_ID", ""),
+    }
 
 
 # -- the environment modification rules ------------------------------------------
 
 
-def apply_root_dirs(env: dict[str, str], layer: Path, root_dirs: Mapping[str, Sequence[str]]
-                    ) -> None:
+def apply_root_dirs(
+    env: dict[str, str], layer: Path, root_dirs: Mapping[str, Sequence[str]]
+) -> None:
     """Prepend the layer's bin/, lib/... to PATH and friends, with ':' (lifecycle AddRootDir)."""
     for child, names in root_dirs.items():
         path = layer / child
@@ -253,9 +283,12 @@ def toml_tables(tables: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def toml_array_of_tables(name: str, items: Sequence[Mapping[str, Any]]) -> str:
-    return "".join(f"[[{name}]]\n" + "".join(f"{key} = {toml_value(value)}\n"
-                                             for key, value in item.items()) + "\n"
-                   for item in items)
+    return "".join(
+        f"[[{name}]]\n"
+        + "".join(f"{key} = {toml_value(value)}\n" for key, value in item.items())
+        + "\n"
+        for item in items
+    )
 
 
 def strip_types(toml_path: Path) -> None:
@@ -291,8 +324,9 @@ class Buildpack(Protocol):
     api: str
     clear_env: bool
 
-    def detect(self, app_dir: Path, platform_dir: Path, plan_path: Path,
-               env: dict[str, str]) -> DetectResult: ...
+    def detect(
+        self, app_dir: Path, platform_dir: Path, plan_path: Path, env: dict[str, str]
+    ) -> DetectResult: ...
 
     def build(self, context: BuildContext) -> tuple[int, str]: ...
 
@@ -309,38 +343,67 @@ class DirectoryBuildpack:
         self.clear_env = bool(descriptor["buildpack"].get("clear-env", False))
         self.descriptor = descriptor
 
-    def detect(self, app_dir: Path, platform_dir: Path, plan_path: Path,
-               env: dict[str, str]) -> DetectResult:
+    def detect(
+        self, app_dir: Path, platform_dir: Path, plan_path: Path, env: dict[str, str]
+    ) -> DetectResult:
         done = subprocess.run(
             [str(self.path / "bin" / "detect"), str(platform_dir), str(plan_path)],
-            cwd=app_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, timeout=120,
+            cwd=app_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
         )
         plan = tomllib.loads(plan_path.read_text()) if done.returncode == 0 else {}
         return DetectResult(done.returncode, done.stdout, plan)
 
     def build(self, context: BuildContext) -> tuple[int, str]:
         done = subprocess.run(
-            [str(self.path / "bin" / "build"), str(context.layers_dir),
-             str(context.platform_dir), str(context.plan_path)],
-            cwd=context.app_dir, env=context.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+            [
+                str(self.path / "bin" / "build"),
+                str(context.layers_dir),
+                str(context.platform_dir),
+                str(context.plan_path),
+            ],
+            cwd=context.app_dir,
+            env=context.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=900,
         )
         return done.returncode, done.stdout
 
 
 def _run(command: Sequence[str], env: Mapping[str, str], cwd: Path, log: list[str]) -> bool:
-    done = subprocess.run(list(command), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        list(command),
+        env=dict(env),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+    )
     log.extend("       " + line for line in done.stdout.splitlines())
     if done.returncode != 0:
         log.append(f" !     {Path(command[0]).name} exited with status {done.returncode}")
     return done.returncode == 0
 
 
-def _layer(context: BuildContext, name: str, *, launch: bool, build: bool, cache: bool,
-           metadata: Mapping[str, str]) -> tuple[Path, bool]:
+def _layer(
+    context: BuildContext,
+    name: str,
+    *,
+    launch: bool,
+    build: bool,
+    cache: bool,
+    metadata: Mapping[str, str],
+) -> tuple[Path, bool]:
     """A layer to fill, or the one the cache restored when its metadata still matches.
 
     Returns (path, reused). Writes <layer>.toml with the types and metadata.
@@ -352,8 +415,14 @@ def _layer(context: BuildContext, name: str, *, launch: bool, build: bool, cache
     if not reused:
         shutil.rmtree(layer, ignore_errors=True)
         layer.mkdir(parents=True)
-    toml.write_text(toml_tables({"types": {"launch": launch, "build": build, "cache": cache},
-                                 "metadata": dict(metadata)}))
+    toml.write_text(
+        toml_tables(
+            {
+                "types": {"launch": launch, "build": build, "cache": cache},
+                "metadata": dict(metadata),
+            }
+        )
+    )
     return layer, reused
 
 
@@ -373,13 +442,25 @@ def _with_layer(env: dict[str, str], layer: Path) -> dict[str, str]:
 
 def _uv_env(env: Mapping[str, str]) -> dict[str, str]:
     """uv's environment in the stand-in: the build's, the index reachable, this machine's cache."""
-    return {**env, **network_env(), "UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1",
-            "UV_LINK_MODE": "copy", "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR")
-            or os.path.join(os.path.expanduser("~"), ".cache", "uv")}
+    return {
+        **env,
+        **network_env(),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+        "UV_LINK_MODE": "copy",
+        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR")
+        or os.path.join(os.path.expanduser("~"), ".cache", "uv"),
+    }
 
 
-def _install_pip(python: str, python_layer: Path, pip_layer: Path, env: Mapping[str, str],
-                 app: Path, log: list[str]) -> bool:
+def _install_pip(
+    python: str,
+    python_layer: Path,
+    pip_layer: Path,
+    env: Mapping[str, str],
+    app: Path,
+    log: list[str],
+) -> bool:
     """pip into the pip layer as a user install (PYTHONUSERBASE), as heroku/python does.
 
     From the pip wheel the standard library bundles, with nothing downloaded;
@@ -387,12 +468,41 @@ def _install_pip(python: str, python_layer: Path, pip_layer: Path, env: Mapping[
     """
     wheel = next(python_layer.glob("lib/python3.*/ensurepip/_bundled/pip-*.whl"), None)
     if wheel is not None:
-        return _run([python, f"{wheel}/pip", "install", "--isolated", "--no-cache-dir",
-                     "--no-index", "--no-input", "--quiet", "--user",
-                     "--root-user-action=ignore", "--no-warn-script-location", str(wheel)],
-                    env, app, log)
-    return _run([find_uv(), "pip", "install", "--quiet", "--python", python,
-                 "--prefix", str(pip_layer), "pip"], _uv_env(env), app, log)
+        return _run(
+            [
+                python,
+                f"{wheel}/pip",
+                "install",
+                "--isolated",
+                "--no-cache-dir",
+                "--no-index",
+                "--no-input",
+                "--quiet",
+                "--user",
+                "--root-user-action=ignore",
+                "--no-warn-script-location",
+                str(wheel),
+            ],
+            env,
+            app,
+            log,
+        )
+    return _run(
+        [
+            find_uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            python,
+            "--prefix",
+            str(pip_layer),
+            "pip",
+        ],
+        _uv_env(env),
+        app,
+        log,
+    )
 
 
 class HerokuPython:
@@ -401,14 +511,24 @@ class HerokuPython:
     id = "heroku/python"
     api = "0.10"
     clear_env = False
-    KNOWN_FILES = (".python-version", "manage.py", "Pipfile", "poetry.lock", "pyproject.toml",
-                   "requirements.txt", "runtime.txt", "setup.py", "uv.lock")
+    KNOWN_FILES = (
+        ".python-version",
+        "manage.py",
+        "Pipfile",
+        "poetry.lock",
+        "pyproject.toml",
+        "requirements.txt",
+        "runtime.txt",
+        "setup.py",
+        "uv.lock",
+    )
 
     def __init__(self, python_home: Path | None = None) -> None:
         self.python_home = python_home
 
-    def detect(self, app_dir: Path, platform_dir: Path, plan_path: Path,
-               env: dict[str, str]) -> DetectResult:
+    def detect(
+        self, app_dir: Path, platform_dir: Path, plan_path: Path, env: dict[str, str]
+    ) -> DetectResult:
         if any((app_dir / name).exists() for name in self.KNOWN_FILES):
             return DetectResult(DETECT_PASS, "")
         return DetectResult(DETECT_FAIL, "No supported Python package manager files found\n")
@@ -420,8 +540,11 @@ class HerokuPython:
             log.append(" !     Unsafe environment variables found: " + ", ".join(forbidden))
             return 1, "\n".join(log) + "\n"
         app = context.app_dir
-        managers = [name for name, marker in (("pip", "requirements.txt"), ("uv", "uv.lock"))
-                    if (app / marker).is_file()]
+        managers = [
+            name
+            for name, marker in (("pip", "requirements.txt"), ("uv", "uv.lock"))
+            if (app / marker).is_file()
+        ]
         if len(managers) != 1:
             log.append(f" !     Expected exactly one of requirements.txt and uv.lock: {managers}")
             return 1, "\n".join(log) + "\n"
@@ -429,8 +552,14 @@ class HerokuPython:
         env = dict(context.env)
 
         install = python_install(self.python_home)
-        python_layer, reused = _layer(context, "python", launch=True, build=True, cache=True,
-                                      metadata={"python": install.name})
+        python_layer, reused = _layer(
+            context,
+            "python",
+            launch=True,
+            build=True,
+            cache=True,
+            metadata={"python": install.name},
+        )
         log.append("- Using cached Python" if reused else f"- Installing Python ({install.name})")
         if not reused:
             shutil.rmtree(python_layer)
@@ -445,26 +574,40 @@ class HerokuPython:
         python = str(python_layer / "bin" / "python")
 
         if manager == "pip":
-            pip_layer, reused = _layer(context, "pip", launch=False, build=True, cache=True,
-                                       metadata={"python": install.name})
+            pip_layer, reused = _layer(
+                context,
+                "pip",
+                launch=False,
+                build=True,
+                cache=True,
+                metadata={"python": install.name},
+            )
             _env_file(pip_layer, "env.build", "PIP_DISABLE_PIP_VERSION_CHECK.override", "1")
             _env_file(pip_layer, "env.build", "PYTHONUSERBASE.override", str(pip_layer))
             if not reused:
                 log.append("- Installing pip")
-                if not _install_pip(python, python_layer, pip_layer, _with_layer(env, pip_layer),
-                                    app, log):
+                if not _install_pip(
+                    python, python_layer, pip_layer, _with_layer(env, pip_layer), app, log
+                ):
                     return 1, "\n".join(log) + "\n"
             env = _with_layer(env, pip_layer)
         else:
-            uv_layer, reused = _layer(context, "uv", launch=False, build=True, cache=True,
-                                      metadata={"uv": "machine"})
+            uv_layer, reused = _layer(
+                context, "uv", launch=False, build=True, cache=True, metadata={"uv": "machine"}
+            )
             if not reused:
                 (uv_layer / "bin").mkdir()
                 shutil.copy2(find_uv(), uv_layer / "bin" / "uv")
             env = _with_layer(env, uv_layer)
 
-        venv_layer, reused = _layer(context, "venv", launch=True, build=True,
-                                    cache=manager == "uv", metadata={"python": install.name})
+        venv_layer, reused = _layer(
+            context,
+            "venv",
+            launch=True,
+            build=True,
+            cache=manager == "uv",
+            metadata={"python": install.name},
+        )
         _env_file(venv_layer, "env", "VIRTUAL_ENV.override", str(venv_layer))
         if manager == "pip":
             _env_file(venv_layer, "env.build", "PIP_PYTHON.override", str(venv_layer))
@@ -483,12 +626,25 @@ class HerokuPython:
         uv_env = _uv_env(env)
         if manager == "pip":
             log.append("- Installing dependencies (stand-in for 'pip install -r requirements.txt')")
-            command = [find_uv(), "pip", "install", "--quiet", "--python",
-                       str(venv_layer / "bin" / "python"), "-r", "requirements.txt"]
+            command = [
+                find_uv(),
+                "pip",
+                "install",
+                "--quiet",
+                "--python",
+                str(venv_layer / "bin" / "python"),
+                "-r",
+                "requirements.txt",
+            ]
         else:
             log.append("- Running 'uv sync --locked --no-default-groups'")
-            command = [str(uv_layer / "bin" / "uv"), "sync", "--locked", "--no-default-groups",
-                       "--quiet"]
+            command = [
+                str(uv_layer / "bin" / "uv"),
+                "sync",
+                "--locked",
+                "--no-default-groups",
+                "--quiet",
+            ]
         if not _run(command, uv_env, app, log):
             return 1, "\n".join(log) + "\n"
         return 0, "\n".join(log) + "\n"
@@ -501,8 +657,9 @@ class HerokuProcfile:
     api = "0.10"
     clear_env = False
 
-    def detect(self, app_dir: Path, platform_dir: Path, plan_path: Path,
-               env: dict[str, str]) -> DetectResult:
+    def detect(
+        self, app_dir: Path, platform_dir: Path, plan_path: Path, env: dict[str, str]
+    ) -> DetectResult:
         if (app_dir / "Procfile").is_file():
             return DetectResult(DETECT_PASS, "")
         return DetectResult(DETECT_FAIL, "No Procfile\n")
@@ -512,14 +669,22 @@ class HerokuProcfile:
         for line in (context.app_dir / "Procfile").read_text().splitlines():
             name, sep, command = line.partition(":")
             if sep and name.strip() and not name.lstrip().startswith("#"):
-                processes.append({"type": name.strip(), "command": ["bash", "-c"],
-                                  "args": [command.strip()], "default": name.strip() == "web"})
+                processes.append(
+                    {
+                        "type": name.strip(),
+                        "command": ["bash", "-c"],
+                        "args": [command.strip()],
+                        "default": name.strip() == "web",
+                    }
+                )
         if len(processes) == 1:
             processes[0]["default"] = True
         (context.layers_dir / "launch.toml").write_text(
-            toml_array_of_tables("processes", processes))
+            toml_array_of_tables("processes", processes)
+        )
         return 0, "\n## Procfile (stand-in)\n" + "".join(
-            f"- {p['type']}: {p['args'][0]}\n" for p in processes)
+            f"- {p['type']}: {p['args'][0]}\n" for p in processes
+        )
 
 
 def project_group(project_toml: Path = REPO / "project.toml") -> list[str]:
@@ -531,8 +696,11 @@ def project_group(project_toml: Path = REPO / "project.toml") -> list[str]:
 def default_group(python: HerokuPython | None = None) -> list[Buildpack]:
     """The group of project.toml: heroku/python, djpool, heroku/procfile."""
     known: dict[str, Buildpack] = {}
-    for buildpack in (python or HerokuPython(), DirectoryBuildpack(BUILDPACK_DIR),
-                      HerokuProcfile()):
+    for buildpack in (
+        python or HerokuPython(),
+        DirectoryBuildpack(BUILDPACK_DIR),
+        HerokuProcfile(),
+    ):
         known[buildpack.id] = buildpack
     return [known[buildpack_id] for buildpack_id in project_group()]
 
@@ -578,8 +746,10 @@ def _plan_ok(plans: Sequence[Mapping[str, Any]]) -> bool:
 
 def resolve_plans(plans: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]] | None:
     """The first trial (top level, then each ``or``, left to right) that works, or None."""
-    options = [[{"requires": p.get("requires", []), "provides": p.get("provides", [])},
-                *p.get("or", [])] for p in plans]
+    options = [
+        [{"requires": p.get("requires", []), "provides": p.get("provides", [])}, *p.get("or", [])]
+        for p in plans
+    ]
     for trial in itertools.product(*options):
         if _plan_ok(trial):
             return list(trial)
@@ -598,12 +768,18 @@ class CnbApp:
         group: the buildpacks in order (default: project.toml's group with the stand-ins).
     """
 
-    def __init__(self, source: Path | Sequence[Path], workdir: Path,
-                 config: Mapping[str, str] | None = None, *,
-                 group: Sequence[Buildpack] | None = None,
-                 cache_dir: Path | None = None) -> None:
-        self.sources = [Path(source)] if isinstance(source, (str, Path)) else [
-            Path(s) for s in source]
+    def __init__(
+        self,
+        source: Path | Sequence[Path],
+        workdir: Path,
+        config: Mapping[str, str] | None = None,
+        *,
+        group: Sequence[Buildpack] | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.sources = (
+            [Path(source)] if isinstance(source, (str, Path)) else [Path(s) for s in source]
+        )
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.app_dir = self.workdir / "workspace"
@@ -625,8 +801,9 @@ class CnbApp:
         self.home.mkdir(exist_ok=True)
         return {"PATH": IMAGE_PATH, "HOME": str(self.home)}
 
-    def phase_env(self, buildpack: Buildpack, layered: Mapping[str, str],
-                  cnb: Mapping[str, str]) -> dict[str, str]:
+    def phase_env(
+        self, buildpack: Buildpack, layered: Mapping[str, str], cnb: Mapping[str, str]
+    ) -> dict[str, str]:
         """One buildpack's detect or build environment (lifecycle WithOverrides + CNB_*)."""
         env = dict(layered)
         if not buildpack.clear_env:
@@ -675,10 +852,15 @@ class CnbApp:
             plan_dir.mkdir()
             plan_path = plan_dir / "plan.toml"
             plan_path.touch()
-            env = self.phase_env(buildpack, self.base_env(), {
-                "CNB_BUILDPACK_DIR": str(getattr(buildpack, "path", self.workdir)),
-                "CNB_PLATFORM_DIR": str(self.platform_dir),
-                "CNB_BUILD_PLAN_PATH": str(plan_path)})
+            env = self.phase_env(
+                buildpack,
+                self.base_env(),
+                {
+                    "CNB_BUILDPACK_DIR": str(getattr(buildpack, "path", self.workdir)),
+                    "CNB_PLATFORM_DIR": str(self.platform_dir),
+                    "CNB_BUILD_PLAN_PATH": str(plan_path),
+                },
+            )
             result.envs[f"detect:{buildpack.id}"] = env
             detected = buildpack.detect(self.app_dir, self.platform_dir, plan_path, env)
             shutil.rmtree(plan_dir)
@@ -707,18 +889,30 @@ class CnbApp:
         for index, buildpack in enumerate(self.group):
             bp_layers = self.layers_dir / escape_id(buildpack.id)
             bp_layers.mkdir(exist_ok=True)
-            entries = [entry for plan in trial[index:] for entry in plan.get("requires", [])
-                       if entry["name"] in {p["name"] for p in trial[index].get("provides", [])}]
+            entries = [
+                entry
+                for plan in trial[index:]
+                for entry in plan.get("requires", [])
+                if entry["name"] in {p["name"] for p in trial[index].get("provides", [])}
+            ]
             plan_path = self.workdir / f"bp_plan_{escape_id(buildpack.id)}.toml"
-            plan_path.write_text(toml_array_of_tables(
-                "entries", [{"name": entry["name"]} for entry in entries]))
-            env = self.phase_env(buildpack, layered, {
-                "CNB_BUILDPACK_DIR": str(getattr(buildpack, "path", self.workdir)),
-                "CNB_PLATFORM_DIR": str(self.platform_dir),
-                "CNB_LAYERS_DIR": str(bp_layers), "CNB_BP_PLAN_PATH": str(plan_path)})
+            plan_path.write_text(
+                toml_array_of_tables("entries", [{"name": entry["name"]} for entry in entries])
+            )
+            env = self.phase_env(
+                buildpack,
+                layered,
+                {
+                    "CNB_BUILDPACK_DIR": str(getattr(buildpack, "path", self.workdir)),
+                    "CNB_PLATFORM_DIR": str(self.platform_dir),
+                    "CNB_LAYERS_DIR": str(bp_layers),
+                    "CNB_BP_PLAN_PATH": str(plan_path),
+                },
+            )
             result.envs[f"build:{buildpack.id}"] = env
-            status, output = buildpack.build(BuildContext(
-                self.app_dir, bp_layers, self.platform_dir, plan_path, env))
+            status, output = buildpack.build(
+                BuildContext(self.app_dir, bp_layers, self.platform_dir, plan_path, env)
+            )
             plan_path.unlink()
             log.append(output)
             if status != 0:
@@ -784,8 +978,9 @@ class CnbApp:
                     if types["cache"]:
                         cached.mkdir(parents=True, exist_ok=True)
                         copy_tree_linked(entry, cached / entry.name)
-                        shutil.copy2(entry.with_name(entry.name + ".toml"),
-                                     cached / f"{entry.name}.toml")
+                        shutil.copy2(
+                            entry.with_name(entry.name + ".toml"), cached / f"{entry.name}.toml"
+                        )
                     if not types["launch"]:
                         shutil.rmtree(entry)
                 elif entry.is_dir():  # <layer>.ignore
@@ -796,15 +991,24 @@ class CnbApp:
         for root in (self.app_dir, self.layers_dir):
             for directory, dirs, files in os.walk(root):
                 for name in files + dirs:
-                    os.utime(os.path.join(directory, name), (EXPORT_MTIME, EXPORT_MTIME),
-                             follow_symlinks=False)
+                    os.utime(
+                        os.path.join(directory, name),
+                        (EXPORT_MTIME, EXPORT_MTIME),
+                        follow_symlinks=False,
+                    )
 
     def _finish(self, ok: bool, previous: Mapping[str, Path]) -> None:
         if ok:
-            (self.workdir / "cnb.json").write_text(json.dumps({
-                "sources": [str(source.resolve()) for source in self.sources],
-                "config": self.config, "group": [bp.id for bp in self.built_group],
-                "processes": self.processes}))
+            (self.workdir / "cnb.json").write_text(
+                json.dumps(
+                    {
+                        "sources": [str(source.resolve()) for source in self.sources],
+                        "config": self.config,
+                        "group": [bp.id for bp in self.built_group],
+                        "processes": self.processes,
+                    }
+                )
+            )
         for name, path in previous.items():
             current = self.workdir / name
             if ok:
@@ -816,8 +1020,12 @@ class CnbApp:
 
     # -- launch --------------------------------------------------------------------
 
-    def launch_env(self, process_type: str | None, env: Mapping[str, str] | None = None,
-                   port: int | None = None) -> dict[str, str]:
+    def launch_env(
+        self,
+        process_type: str | None,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+    ) -> dict[str, str]:
         """The environment the launcher gives a process: base, config vars, layers, exec.d."""
         if not self.built_group:
             raise EmulatorError(f"nothing is built in {self.workdir}: build first")
@@ -826,8 +1034,11 @@ class CnbApp:
         if port is not None:
             result["PORT"] = str(port)
         for buildpack in self.built_group:
-            layers = [p for p in sorted((self.layers_dir / escape_id(buildpack.id)).glob("*"))
-                      if p.is_dir()]
+            layers = [
+                p
+                for p in sorted((self.layers_dir / escape_id(buildpack.id)).glob("*"))
+                if p.is_dir()
+            ]
             for layer in layers:
                 apply_root_dirs(result, layer, LAUNCH_ROOT_DIRS)
             for layer in layers:
@@ -857,9 +1068,15 @@ class CnbApp:
         try:
             with open(log_path, "wb") as log:
                 process = subprocess.Popen(
-                    [str(program)], env=dict(env), cwd=self.app_dir, pass_fds=(3,),
+                    [str(program)],
+                    env=dict(env),
+                    cwd=self.app_dir,
+                    pass_fds=(3,),
                     preexec_fn=lambda: os.dup2(write_end, 3),  # the only one forking now
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             os.close(write_end)
             write_end = -1
             with os.fdopen(read_end, "rb") as pipe:
@@ -880,25 +1097,45 @@ class CnbApp:
         process = self.processes[process_type]
         return [*process["command"], *process.get("args", [])]
 
-    def run(self, command: str, *, env: Mapping[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, command: str, *, env: Mapping[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """A one-off process (``heroku run`` on Fir): ``bash -c command``, no process type."""
         launch = self.launch_env(None, env, free_port())
         return subprocess.run(
-            [self._lookup("bash", launch), "-c", command], cwd=self.app_dir, env=launch,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+            [self._lookup("bash", launch), "-c", command],
+            cwd=self.app_dir,
+            env=launch,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def launch(self, process_type: str, *, env: Mapping[str, str] | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def launch(
+        self, process_type: str, *, env: Mapping[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run a process of launch.toml to its end (the ``release`` process, say)."""
         launch = self.launch_env(process_type, env, free_port())
         command = self.command_for(process_type)
         command[0] = self._lookup(command[0], launch)
-        return subprocess.run(command, cwd=self.app_dir, env=launch, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            command,
+            cwd=self.app_dir,
+            env=launch,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
-    def start(self, process_type: str = "web", *, env: Mapping[str, str] | None = None,
-              timeout: float = 60) -> CnbProcess:
+    def start(
+        self,
+        process_type: str = "web",
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
+    ) -> CnbProcess:
         """Launch a process of launch.toml; for web, wait until it answers HTTP."""
         return CnbProcess(self, process_type, env).start(timeout)
 
@@ -913,8 +1150,9 @@ class CnbApp:
 class CnbProcess(HttpMethods):
     """One launched process; ``stop()`` (or ``with``) ends its whole process group."""
 
-    def __init__(self, app: CnbApp, process_type: str,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, app: CnbApp, process_type: str, env: Mapping[str, str] | None = None
+    ) -> None:
         self.app = app
         self.process_type = process_type
         self.port = free_port()
@@ -936,17 +1174,30 @@ class CnbProcess(HttpMethods):
         command[0] = self.app._lookup(command[0], self.env)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=self.app.app_dir, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                command,
+                cwd=self.app.app_dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if self.process_type == "web":
+
             def ready() -> bool:
                 if self.process is not None and self.process.poll() is not None:
-                    raise EmulatorError(f"{self.process_type} exited with status "
-                                        f"{self.process.returncode}:\n{self.log_text()[-4000:]}")
+                    raise EmulatorError(
+                        f"{self.process_type} exited with status "
+                        f"{self.process.returncode}:\n{self.log_text()[-4000:]}"
+                    )
                 return self.answers()
 
-            wait_until(ready, timeout=timeout, interval=0.05,
-                       message=f"{self.process_type} answering /health/")
+            wait_until(
+                ready,
+                timeout=timeout,
+                interval=0.05,
+                message=f"{self.process_type} answering /health/",
+            )
         return self
 
     def log_text(self) -> str:
@@ -988,7 +1239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python tests/support/cnb.py",
         description="Build an app with project.toml's group (heroku/python and heroku/procfile "
-                    "stand-ins, this CNB) as the CNB lifecycle would, then launch its processes.")
+        "stand-ins, this CNB) as the CNB lifecycle would, then launch its processes.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build APP_DIR(s) into WORKDIR")
     build.add_argument("workdir", type=Path)
@@ -1018,8 +1270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(done.stderr)
         return done.returncode
     process = app.start(args.process_type, env=env)
-    print(f"{args.process_type} is up at {process.base_url} (log: {process.log_path}); "
-          "Ctrl-C stops it", flush=True)
+    print(
+        f"{args.process_type} is up at {process.base_url} (log: {process.log_path}); "
+        "Ctrl-C stops it",
+        flush=True,
+    )
     try:
         while process.process is not None and process.process.poll() is None:
             time.sleep(0.5)
