@@ -14,6 +14,12 @@ The data path, one module per step:
     django_patch  check connections out in get_new_connection, in again in _close
     log           the start-up line on stderr; runtime warnings on the ``djpool`` logger
 
+Watching the pools (issue 13; docs/observability.md):
+
+    metrics       an l2met line per pool every POOL_METRICS_INTERVAL; event lines
+    otel          the pools as OpenTelemetry instruments, if the app has the API
+    doctor        ``python -m djpool doctor``: does the connection budget fit the server?
+
 Importing this package imports nothing else: the shim's start-up cost stays
 in the modules it needs.
 """

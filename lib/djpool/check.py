@@ -24,6 +24,7 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
     try:
         disabled = config.is_disabled(environ)
         settings = config.pool_settings(environ)
+        config.metrics_settings(environ)
     except config.ConfigError as error:
         print(str(error), file=sys.stderr)
         return 1

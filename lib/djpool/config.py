@@ -78,11 +78,25 @@ class DatabaseTarget(NamedTuple):
         return f"database {self.name!r} on {where}{user}"
 
 
+class MetricsSettings(NamedTuple):
+    """What the pool reports about itself (djpool.metrics).
+
+    interval: seconds between the l2met lines of each pool
+        (POOL_METRICS_INTERVAL, default 60; 0 turns them off).
+    dyno: the dyno's name (DYNO, e.g. ``web.1``), the lines' ``source``;
+        None outside Heroku, where the process id stands in.
+    """
+
+    interval: int = 60
+    dyno: str | None = None
+
+
 class Config(NamedTuple):
     """What the shim needs to decide and to build pools."""
 
     pool: PoolSettings
     database: DatabaseTarget
+    metrics: MetricsSettings = MetricsSettings()
 
 
 Number = TypeVar("Number", int, float)
@@ -155,6 +169,16 @@ def pool_settings(environ: Mapping[str, str]) -> PoolSettings:
     )
 
 
+def metrics_settings(environ: Mapping[str, str]) -> MetricsSettings:
+    """POOL_METRICS_INTERVAL, checked like the sizes, and DYNO; ConfigError if bad."""
+    default = MetricsSettings()
+    dyno = environ.get("DYNO", "").strip()
+    return MetricsSettings(
+        interval=_whole_number(environ, "POOL_METRICS_INTERVAL", default.interval, 0, 86_400),
+        dyno=dyno or None,
+    )
+
+
 def redact_url(url: str) -> str:
     """DATABASE_URL safe to print: the password is never shown."""
     try:
@@ -201,4 +225,5 @@ def load(environ: Mapping[str, str]) -> Config | None:
     if not url.strip() or is_disabled(environ):
         return None
     settings = pool_settings(environ)
-    return Config(pool=settings, database=database_target(url.strip()))
+    metrics = metrics_settings(environ)
+    return Config(pool=settings, database=database_target(url.strip()), metrics=metrics)

@@ -36,6 +36,13 @@ class WaitTimes:
         if seconds > self._max:
             self._max = seconds
 
+    def window(self) -> tuple[deque[float], int]:
+        """The current window's newest samples and its count of waits, without restarting it.
+
+        For a second reader (djpool.otel): a new deque means a new window.
+        """
+        return self._samples, self._count
+
     def summary(self, reset: bool = False) -> dict[str, float | int]:
         """count, p50, p95 and max in ms (0 with no checkouts); ``reset`` starts a new window."""
         samples, count, longest = sorted(self._samples), self._count, self._max

@@ -33,6 +33,7 @@ from typing import Any
 
 from django.db.backends.base.base import NO_DB_ALIAS
 
+from djpool import metrics
 from djpool import pool as pool_builder
 from djpool.config import PoolSettings
 from djpool.log import warn_once
@@ -139,6 +140,23 @@ def exhausted_error(alias: str, settings: PoolSettings) -> Exception:
     return error
 
 
+def report_exhausted(registry: PoolRegistry, entry: PoolEntry, settings: PoolSettings) -> None:
+    """The pool_exhausted event line: the pool now, and how long its oldest checkout is out.
+
+    A checkout's start is the ``close_at`` djpool gave its wrapper (CONN_MAX_AGE=0:
+    the moment it asked for the connection), so finding the oldest costs
+    nothing on the way in, only here, when a request is about to fail anyway.
+    """
+    now = time.monotonic()
+    ages = []
+    for wrapper in registry.holders():
+        held = wrapper.__dict__.get(_CHECKOUT)
+        started = getattr(wrapper, "close_at", None)
+        if held is not None and held[1] is entry and isinstance(started, float):
+            ages.append(now - started)
+    metrics.pool_exhausted(entry.stats(), max(ages) if ages else None, settings.timeout)
+
+
 class PooledConnections:
     """Where a pooled DatabaseWrapper's connections come from and go back to.
 
@@ -186,6 +204,7 @@ class PooledConnections:
         try:
             fairy = entry.pool.checkout()
         except PoolExhausted as error:
+            report_exhausted(self._registry, entry, self._settings)
             raise exhausted_error(wrapper.alias, self._settings) from error
         finally:
             opened, opening.request, opening.opened = opening.opened, None, None

@@ -354,11 +354,14 @@ def _dynos(count: int, kind: str) -> str:
 
 def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[..., None]) -> int:
     settings = config.pool_settings(environ)
+    metrics = config.metrics_settings(environ)
     disabled = config.is_disabled(environ)
     concurrency, concurrency_from = web_concurrency(environ, args.web_concurrency)
     say("djpool doctor", STEP)
     say("Configuration", STEP)
-    say(settings.describe() + (" (POOL_DISABLED: the app runs unpooled)" if disabled else ""))
+    interval = f" POOL_METRICS_INTERVAL={metrics.interval}s"
+    unpooled = " (POOL_DISABLED: the app runs unpooled)" if disabled else ""
+    say(settings.describe() + interval + unpooled)
     say(f"WEB_CONCURRENCY={concurrency} ({concurrency_from})")
 
     url = environ.get("DATABASE_URL", "").strip()

@@ -31,7 +31,10 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from djpool.counters import WaitTimes
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -73,9 +76,8 @@ class WaitFeed:
     def __init__(self) -> None:
         self._seen: dict[int, tuple[int, int]] = {}  # id(waits) -> (id of its window, count)
 
-    def new_waits(self, waits: Any) -> list[float]:
-        samples = waits._samples  # the pool's own window (private: see read_pools)
-        count = int(waits._count)
+    def new_waits(self, waits: WaitTimes) -> list[float]:
+        samples, count = waits.window()
         window, seen = self._seen.get(id(waits), (0, 0))
         if window != id(samples) or count < seen:
             seen = 0

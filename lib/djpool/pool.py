@@ -21,7 +21,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.pool import QueuePool
 
-from djpool import health, reset
+from djpool import health, metrics, reset
 from djpool.config import PoolSettings
 from djpool.counters import PoolCounters
 
@@ -196,12 +196,21 @@ def build(
         **({"dialect": dialect} if dialect is not None else {}),
     )
     pool = Pool(queue_pool, settings, connect_failure=failure)
-    _listen(queue_pool, pool.counters, ping_every_checkout)
+    _listen(queue_pool, pool.counters, ping_every_checkout, name)
     return pool
 
 
-def _listen(queue_pool: QueuePool, counters: PoolCounters, ping_every_checkout: bool) -> None:
-    """Wire djpool's events: reset at checkin; at checkout finish it, check health, count."""
+def _listen(
+    queue_pool: QueuePool, counters: PoolCounters, ping_every_checkout: bool, name: str
+) -> None:
+    """Wire djpool's events: reset at checkin; at checkout finish it, check health, count.
+
+    name: the pool's alias, for the event lines (djpool.metrics) of a failed
+    reset and of a connection the server closed.
+    """
+
+    def reset_failed(reason: str) -> None:
+        metrics.reset_failed(name, reason)
 
     def on_checkout(dbapi_connection: Any, connection_record: Any, proxy: Any) -> None:
         # One listener, not three: each costs a dispatch per checkout.
@@ -210,15 +219,17 @@ def _listen(queue_pool: QueuePool, counters: PoolCounters, ping_every_checkout: 
             reset.finish(dbapi_connection, info)  # read the answer of the DISCARD ALL sent
         except reset.ResetFailed as error:
             counters.reset_failures += 1
+            reset_failed(f"{type(error).__name__}: {error}")
             raise DisconnectionError(
                 f"djpool: the reset of a pooled connection failed: {error}"
             ) from error
         if not health.is_alive(dbapi_connection, info, ping_every_checkout):
+            metrics.closed_connection_found(name)
             raise DisconnectionError("djpool: pooled connection was closed by the server")
         counters.checkouts += 1
 
     def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> None:
-        if not reset.on_reset(dbapi_connection, connection_record, reset_state):
+        if not reset.on_reset(dbapi_connection, connection_record, reset_state, reset_failed):
             counters.reset_failures += 1
 
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:

@@ -93,7 +93,8 @@ def _compares_by_identity(value: object) -> bool:
 class PoolRegistry:
     """The process's pools, created on first use, thread-safe, reset in forked children."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_new_pool: Callable[[], None] | None = None) -> None:
+        self._on_new_pool = on_new_pool  # told after a pool was built (metrics start with it)
         self._lock = threading.Lock()
         self._pools: dict[PoolKey, PoolEntry] = {}
         self._retired: weakref.WeakSet[Pool] = weakref.WeakSet()
@@ -120,11 +121,14 @@ class PoolRegistry:
             return entry
         with self._lock:
             entry = self._pools.get(key)
-            if entry is None:
-                dbname = conn_params.get("dbname") or conn_params.get("database") or ""
-                entry = PoolEntry(alias, str(dbname), str(conn_params.get("host") or ""), make())
-                self._pools[key] = entry
-            return entry
+            if entry is not None:
+                return entry
+            dbname = conn_params.get("dbname") or conn_params.get("database") or ""
+            entry = PoolEntry(alias, str(dbname), str(conn_params.get("host") or ""), make())
+            self._pools[key] = entry
+        if self._on_new_pool is not None:
+            self._on_new_pool()
+        return entry
 
     def entries(self) -> list[PoolEntry]:
         """A snapshot of the live pools."""
@@ -165,6 +169,10 @@ class PoolRegistry:
     def hold(self, wrapper: Any) -> None:
         """Remember a wrapper that holds a checkout, so a forked child can disown it."""
         self._holders.add(wrapper)
+
+    def holders(self) -> list[Any]:
+        """The wrappers that held a checkout and are still alive (some may have given it back)."""
+        return list(self._holders)
 
     def after_fork_in_child(self, disown: Callable[[Any], Iterable[Any]]) -> None:
         """In a new child: forget the parent's pools and checkouts without touching them.

@@ -11,7 +11,7 @@ SQLAlchemy invalidates the connection: it is closed, never reused.
 from __future__ import annotations
 
 import select
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from djpool.log import warn
@@ -105,7 +105,12 @@ def _forget_client_side_state(dbapi_connection: Any) -> None:
             del queue[:]
 
 
-def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> bool:
+def on_reset(
+    dbapi_connection: Any,
+    connection_record: Any,
+    reset_state: Any = None,
+    report: Callable[[str], None] | None = None,
+) -> bool:
     """SQLAlchemy ``reset`` event: runs on every return to the pool; False if the reset failed.
 
     SQLAlchemy 2.x passes the driver connection and a reset state; 1.4 passes
@@ -113,6 +118,9 @@ def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = N
     would not reach the driver). A connection that cannot be cleaned is
     invalidated (closed; the pool opens a new one when needed) with one
     warning, instead of SQLAlchemy's traceback for every failed reset.
+
+    report: called with ``"ErrorName: reason"`` instead of that warning (the
+        pool passes its rate-limited event line, djpool.metrics.reset_failed).
     """
     if reset_state is not None and reset_state.terminate_only:
         return True  # the connection is being closed anyway
@@ -123,7 +131,11 @@ def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = N
         )
     except Exception as error:  # noqa: BLE001 - whatever failed, never reuse it
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        warn(f"discarded a pooled connection whose reset failed ({type(error).__name__}: {reason})")
+        reason = f"{type(error).__name__}: {reason}"
+        if report is not None:
+            report(reason)
+        else:
+            warn(f"discarded a pooled connection whose reset failed ({reason})")
         connection_record.invalidate(error)
         return False
     return True

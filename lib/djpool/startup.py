@@ -76,14 +76,23 @@ def _install(base: ModuleType, config: config_module.Config) -> None:
             "running unpooled"
         )
         return
-    from djpool import django_patch
+    from djpool import django_patch, metrics
     from djpool.registry import PoolRegistry
 
-    pools = PoolRegistry()
+    metrics.install(config.metrics.interval, config.metrics.dyno)
+    metrics.on_first_pool(_register_opentelemetry)
+    pools = PoolRegistry(on_new_pool=metrics.pool_opened)
     django_patch.install(base, pools, config.pool)
     _registry = pools
     os.register_at_fork(after_in_child=lambda: pools.after_fork_in_child(django_patch.disown))
     atexit.register(pools.dispose_all)
+
+
+def _register_opentelemetry() -> None:
+    """The pools as OpenTelemetry instruments, if the app has opentelemetry-api."""
+    from djpool import otel
+
+    otel.install()
 
 
 def registry() -> PoolRegistry | None:
