@@ -221,6 +221,24 @@ def test_invalid_pool_size_fails_the_build(heroku_dir: Path) -> None:
     assert not (app.runtime_dir / ".djpool").exists()
 
 
+def test_pool_disabled_at_build_time_installs_but_does_not_pool(base_app: HerokuApp,
+                                                                heroku_dir: Path,
+                                                                database_url: str) -> None:
+    app = HerokuApp(sources(), heroku_dir / "disabled", {"POOL_DISABLED": "true"},
+                    cache_dir=base_app.cache_dir)
+    build = app.build()
+    assert build.ok, build.log
+    assert "djpool is installed; POOL_DISABLED is set, so the app runs unpooled" in build.stdout
+    assert (app.runtime_dir / ".djpool" / "shim" / "sitecustomize.py").is_file()
+    code = ("from django.db import connection\n"
+            "with connection.cursor() as c: c.execute('SELECT 1')\n"
+            "import sys; print('djpool' in sys.modules)")
+    done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
+    assert done.returncode == 0, done.stderr
+    assert last_line(done.stdout) == "False"
+    assert djpool_lines(done.stderr) == []
+
+
 def test_missing_python_fails_the_build(heroku_dir: Path) -> None:
     app = HerokuApp(sources(), heroku_dir / "no-python", python_buildpack=None)
     build = app.build()
