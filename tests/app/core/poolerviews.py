@@ -11,7 +11,8 @@ mode, where every transaction may run on a different server connection:
   with ``select_for_update()``: correct only if the whole block runs on one
   server connection holding the row lock.
 - /pooler/session/ says what the session looks like: the time zone Django
-  set, and whether Django uses server-side cursors for the alias.
+  set, whether Django uses server-side cursors for the alias, and after how
+  many executions psycopg 3 prepares a statement (None: never).
 
 A database error is answered like /sql/: HTTP 500 with {"error",
 "driver_error", "message"}, so the test can say what failed.
@@ -80,7 +81,11 @@ def increment(request):
 
 
 def session(request):
-    """{"time_zone": the session's TimeZone, "server_side_cursors": Django uses them}."""
+    """{"time_zone", "server_side_cursors", "prepare_threshold"} of this request's connection.
+
+    prepare_threshold is the driver connection's (psycopg 3; None for psycopg2,
+    which never prepares).
+    """
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT current_setting('TimeZone')")
@@ -93,5 +98,6 @@ def session(request):
             "server_side_cursors": not connection.settings_dict.get(
                 "DISABLE_SERVER_SIDE_CURSORS", False
             ),
+            "prepare_threshold": getattr(connection.connection, "prepare_threshold", None),
         }
     )

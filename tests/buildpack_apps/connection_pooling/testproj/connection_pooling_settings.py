@@ -6,9 +6,16 @@ the database from it (DJANGO_SETTINGS_MODULE=testproj.connection_pooling_setting
 picks this module in the tests). DATABASE_URL, the direct URL, stays set.
 """
 
+import json
+import os
+
 import dj_database_url
 
 from testproj.settings import *  # noqa: F403 - the app's settings, one line changed
 from testproj.settings import DATABASES
 
 DATABASES["default"] = dj_database_url.config(env="DATABASE_CONNECTION_POOL_URL")
+
+# As in testproj.settings: APP_DB_OPTIONS stands for OPTIONS the user wrote.
+if os.environ.get("APP_DB_OPTIONS"):
+    DATABASES["default"].setdefault("OPTIONS", {}).update(json.loads(os.environ["APP_DB_OPTIONS"]))
