@@ -36,7 +36,7 @@ from support.activity import (
     server_log_since,
     statements_logged,
 )
-from support.appserver import AppServer, AppServers
+from support.appserver import AppServer, AppServers, one_session_server
 from support.concurrency import (
     Load,
     Outcome,
@@ -693,11 +693,8 @@ BAD_REQUESTS = {
 def single_connection_app(request, pg, migrated, tmp_path_factory) -> Iterator[AppServer]:
     """One worker, one thread, POOL_SIZE=1: every request gets the same connection."""
     appname = application_name_for(f"{request.node.nodeid}::bad-state[{request.param}]")
-    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=appname), "POOL_SIZE": "1"}
-    with AppServer(
-        request.param, env, workers=1, threads=1, log_dir=tmp_path_factory.mktemp("app")
-    ) as app:
-        app.appname = appname  # type: ignore[attr-defined]
+    url = pg.url(sslmode="require", application_name=appname)
+    with one_session_server(request.param, url, tmp_path_factory.mktemp("app")) as app:
         yield app
 
 

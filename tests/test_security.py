@@ -27,7 +27,7 @@ import pytest
 
 from support import logs, stacks
 from support.activity import server_log_since
-from support.appserver import AppServer, AppServerFailed
+from support.appserver import AppServer, AppServerFailed, one_session_server
 from support.concurrency import in_parallel, summary
 from support.postgres import PostgresServer, application_name_for
 from support.procs import free_port
@@ -52,10 +52,8 @@ def other_role(pg: PostgresServer) -> str:
 def one_session_app(request, pg, migrated, other_role, tmp_path_factory) -> Iterator[AppServer]:
     """One worker, one thread, POOL_SIZE=1: every request gets the same server session."""
     appname = application_name_for(f"{request.node.nodeid}::isolation[{request.param}]")
-    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=appname), "POOL_SIZE": "1"}
-    with AppServer(
-        request.param, env, workers=1, threads=1, log_dir=tmp_path_factory.mktemp("app")
-    ) as app:
+    url = pg.url(sslmode="require", application_name=appname)
+    with one_session_server(request.param, url, tmp_path_factory.mktemp("app")) as app:
         yield app
 
 

@@ -247,6 +247,18 @@ class AppServer(HttpMethods):
         return f"gunicorn ({self.stack}) on port {self.port}: {what}. Its log:\n{tail}"
 
 
+def one_session_server(
+    stack: str, database_url: str, log_dir: str | os.PathLike[str] | None = None
+) -> AppServer:
+    """The app with one worker, one thread and POOL_SIZE=1 (not started yet).
+
+    Every request then runs on the same server session: what tests of the
+    reset need, to see what one request leaves behind for the next.
+    """
+    env = {"DATABASE_URL": database_url, "POOL_SIZE": "1"}
+    return AppServer(stack, env, workers=1, threads=1, log_dir=log_dir)
+
+
 class AppServers:
     """The app servers one test starts, all stopped by stop_all() (or at the end of ``with``).
 
