@@ -7,7 +7,8 @@
 # Redundant for the scripts that source this file, but tells shellcheck how it runs.
 set -euo pipefail
 
-CONFIG_POOL_VARS=(POOL_SIZE POOL_MAX_OVERFLOW POOL_TIMEOUT POOL_RECYCLE POOL_METRICS_INTERVAL POOL_DISABLED)
+CONFIG_POOL_VARS=(POOL_SIZE POOL_MAX_OVERFLOW POOL_TIMEOUT POOL_RECYCLE POOL_METRICS_INTERVAL POOL_DISABLED
+	POOL_TRANSACTION_POOLER)
 # The interpreter and djpool lib config::check_pool_vars checked with:
 # config::pooling_disabled asks them the same way.
 CONFIG_CHECKED_WITH=()

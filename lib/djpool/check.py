@@ -1,5 +1,8 @@
 """Build-time questions about the POOL_* config vars: ``python -m djpool.check``.
 
+POOL_TRANSACTION_POOLER is checked here too; DATABASE_CONNECTION_POOL_URL
+is not (Heroku sets it, and the app's settings choose whether to use it).
+
 Why a separate entry point: at build time an invalid value must fail the
 build (the running release stays up), while at runtime the same value only
 turns pooling off. Both use ``config``, so they can never disagree.
@@ -25,6 +28,7 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
         disabled = config.is_disabled(environ)
         settings = config.pool_settings(environ)
         config.metrics_settings(environ)
+        pooler = config.pooler_forced(environ)
     except config.ConfigError as error:
         print(str(error), file=sys.stderr)
         return 1
@@ -38,8 +42,10 @@ def main(environ: Mapping[str, str], argv: Sequence[str] = ()) -> int:
         return 2
     if disabled:
         print("POOL_DISABLED is set: the shim is installed but will not pool")
-    else:
+    elif pooler is None:
         print(settings.describe())
+    else:
+        print(f"{settings.describe()} {config.POOLER_VARIABLE}={int(pooler)}")
     return 0
 
 

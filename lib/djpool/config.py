@@ -22,6 +22,10 @@ POSTGRES_ENGINES = (
     "django.db.backends.postgresql",
     "django.contrib.gis.db.backends.postgis",
 )
+# What Heroku's `pg:connection-pooling:attach DATABASE_URL --as DATABASE_CONNECTION_POOL` sets.
+POOLER_URL_VARIABLE = "DATABASE_CONNECTION_POOL_URL"
+POOLER_VARIABLE = "POOL_TRANSACTION_POOLER"
+DEFAULT_PORT = "5432"  # libpq's, when a URL or the settings name none
 
 
 class ConfigError(ValueError):
@@ -91,12 +95,44 @@ class MetricsSettings(NamedTuple):
     dyno: str | None = None
 
 
+class TransactionPooler(NamedTuple):
+    """Which database aliases connect through a transaction pooler (PgBouncer in transaction mode).
+
+    forced: POOL_TRANSACTION_POOLER as a boolean: True for every alias, False
+        for none; None (unset) to recognise the pooler by its address.
+    host, port: where DATABASE_CONNECTION_POOL_URL points (Heroku's Connection
+        Pooling); empty when it is not set. An alias whose settings connect
+        there is behind the pooler.
+    """
+
+    forced: bool | None = None
+    host: str = ""
+    port: str = ""
+
+    def covers(self, host: object, port: object) -> bool:
+        """Whether an alias connecting to ``host``:``port`` (its HOST and PORT) is behind it."""
+        if self.forced is not None:
+            return self.forced
+        if not self.host:
+            return False
+        return (str(host or "").lower(), str(port or DEFAULT_PORT)) == (self.host, self.port)
+
+    def describe(self) -> str:
+        """The part of the start-up line that says which aliases are treated so; may be empty."""
+        if self.forced:
+            return f"transaction pooler: every alias ({POOLER_VARIABLE}=1)"
+        if self.forced is None and self.host:
+            return f"transaction pooler: aliases on {self.host}:{self.port} ({POOLER_URL_VARIABLE})"
+        return ""
+
+
 class Config(NamedTuple):
     """What the shim needs to decide and to build pools."""
 
     pool: PoolSettings
     database: DatabaseTarget
     metrics: MetricsSettings = MetricsSettings()
+    pooler: TransactionPooler = TransactionPooler()
 
 
 Number = TypeVar("Number", int, float)
@@ -156,6 +192,37 @@ def is_disabled(environ: Mapping[str, str]) -> bool:
     if disabled is None:
         raise ConfigError("POOL_DISABLED", repr(raw), words.ALLOWED)
     return disabled
+
+
+def pooler_forced(environ: Mapping[str, str]) -> bool | None:
+    """POOL_TRANSACTION_POOLER as a boolean, None when unset or blank (recognise by address)."""
+    raw = environ.get(POOLER_VARIABLE)
+    if raw is None or raw.strip() == "":
+        return None
+    forced = words.truth(raw)
+    if forced is None:
+        raise ConfigError(POOLER_VARIABLE, repr(raw), words.ALLOWED)
+    return forced
+
+
+def transaction_pooler(environ: Mapping[str, str]) -> TransactionPooler:
+    """POOL_TRANSACTION_POOLER and the address of DATABASE_CONNECTION_POOL_URL, checked."""
+    forced = pooler_forced(environ)
+    url = environ.get(POOLER_URL_VARIABLE, "").strip()
+    if not url:
+        return TransactionPooler(forced)
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        host, port = "", None
+    if not host:
+        raise ConfigError(
+            POOLER_URL_VARIABLE,
+            redact_url(url),
+            "expected postgres://USER:PASSWORD@HOST:PORT/DBNAME",
+        )
+    return TransactionPooler(forced, host.lower(), str(port or DEFAULT_PORT))
 
 
 def pool_settings(environ: Mapping[str, str]) -> PoolSettings:
@@ -226,4 +293,7 @@ def load(environ: Mapping[str, str]) -> Config | None:
         return None
     settings = pool_settings(environ)
     metrics = metrics_settings(environ)
-    return Config(pool=settings, database=database_target(url.strip()), metrics=metrics)
+    pooler = transaction_pooler(environ)
+    return Config(
+        pool=settings, database=database_target(url.strip()), metrics=metrics, pooler=pooler
+    )

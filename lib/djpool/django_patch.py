@@ -17,6 +17,9 @@ connection, so ``connection.connection.info``, autocommit and
   end of every request, while the pool keeps the server connection open.
 - Aliases that use Django's own pool (OPTIONS["pool"]) and Django's internal
   no-database connection are left alone.
+- Aliases behind a transaction pooler (pooler.py) are decided when Django
+  makes their wrapper: no server-side cursors, no prepared statements, no
+  startup options of djpool's, no DISCARD ALL at checkin.
 
 Patching the class in ``django.db.backends.postgresql.base`` covers its
 subclasses (PostGIS, django-tenants, custom ENGINEs) as long as they call super().
@@ -35,7 +38,8 @@ from django.db.backends.base.base import NO_DB_ALIAS
 
 from djpool import metrics
 from djpool import pool as pool_builder
-from djpool.config import PoolSettings
+from djpool import pooler as pooler_mode
+from djpool.config import PoolSettings, TransactionPooler
 from djpool.log import warn_once
 from djpool.pool import Pool, PoolExhausted
 from djpool.registry import PoolEntry, PoolRegistry
@@ -195,6 +199,8 @@ class PooledConnections:
                 "djpool treats it as 0: the connection goes back to the pool at the "
                 "end of each request and the pool keeps it open",
             )
+        if pooler_mode.is_behind(wrapper):
+            conn_params = pooler_mode.connection_params(wrapper, conn_params)
         entry = self._entry(wrapper, conn_params)
         if entry is None:
             return None
@@ -275,24 +281,56 @@ class PooledConnections:
             self._open_for_pool,
             name=wrapper.alias,
             ping_every_checkout=bool(wrapper.settings_dict.get("CONN_HEALTH_CHECKS")),
+            discard=not pooler_mode.is_behind(wrapper),
         )
 
     def _open_for_pool(self) -> Any:
-        """The pools' creator: Django's own get_new_connection for this thread's checkout."""
+        """The pools' creator: Django's own get_new_connection for this thread's checkout.
+
+        Behind a transaction pooler the time zone is not put in the startup
+        packet: PgBouncer before 1.20 refuses ``options``, and it keeps
+        Django's SET TIME ZONE for the client across server connections.
+        """
         wrapper, conn_params = self._opening.request
-        connection = self._connect(wrapper, with_session_time_zone(wrapper, conn_params))
+        if not pooler_mode.is_behind(wrapper):
+            conn_params = with_session_time_zone(wrapper, conn_params)
+        connection = self._connect(wrapper, conn_params)
         self._opening.opened = connection
         return connection
 
 
-def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) -> None:
-    """Patch ``base.DatabaseWrapper`` (once) so its connections come from ``registry``'s pools."""
+def install(
+    base: ModuleType,
+    registry: PoolRegistry,
+    settings: PoolSettings,
+    pooler: TransactionPooler | None = None,
+) -> None:
+    """Patch ``base.DatabaseWrapper`` (once) so its connections come from ``registry``'s pools.
+
+    pooler: which aliases are behind a transaction pooler, decided as each
+        wrapper is made (None: none).
+    """
     wrapper_class = base.DatabaseWrapper
     if getattr(wrapper_class, "_djpool_patched", False):
         return
+    original_init = wrapper_class.__init__
     original_get_new_connection = wrapper_class.get_new_connection
     original_close = wrapper_class._close
     pooled = PooledConnections(registry, settings, original_get_new_connection, base.IsolationLevel)
+    transaction_pooler = pooler or TransactionPooler()
+
+    @functools.wraps(original_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        try:
+            if is_pooled(self):
+                pooler_mode.adapt(self, transaction_pooler)
+        except Exception as error:  # noqa: BLE001 - never take the app down
+            warn_once(
+                f"pooler-failed:{self.alias}",
+                f"cannot tell whether database alias {self.alias!r} is behind a transaction "
+                f"pooler ({type(error).__name__}: {error}); treating it as a direct connection",
+            )
 
     @functools.wraps(original_get_new_connection)
     def get_new_connection(self: Any, conn_params: dict[str, Any]) -> Any:
@@ -305,6 +343,7 @@ def install(base: ModuleType, registry: PoolRegistry, settings: PoolSettings) ->
     def _close(self: Any) -> Any:
         return None if pooled.close(self) else original_close(self)
 
+    wrapper_class.__init__ = __init__
     wrapper_class.get_new_connection = get_new_connection
     wrapper_class._close = _close
     wrapper_class._djpool_patched = True

@@ -6,11 +6,12 @@ Two channels, by when a line is written:
   It is written at interpreter start, before the app configured logging,
   and importing ``logging`` there would cost every Python process
   milliseconds.
-- ``warn`` / ``warn_once``: everything at runtime, through the ``djpool``
-  logger, so an app routes it by naming ``"djpool"`` in Django's LOGGING.
-  If nothing configured that logger by its first warning, it gets one
-  stderr handler that adds the prefix, and it does not propagate (root's
-  handlers would print the line twice).
+- ``warn`` / ``warn_once`` / ``info_once``: everything at runtime, through
+  the ``djpool`` logger, so an app routes it by naming ``"djpool"`` in
+  Django's LOGGING. If nothing configured that logger by its first line, it
+  gets one stderr handler that adds the prefix, the level INFO (so an info
+  line such as "behind a transaction pooler" shows), and it does not
+  propagate (root's handlers would print the line twice).
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def warn_once(key: str, message: str) -> None:
     warn(message)
 
 
+def info_once(key: str, message: str) -> None:
+    """An info line on the ``djpool`` logger, the first time ``key`` is seen in this process."""
+    if key in _warned:
+        return
+    _warned.add(key)
+    logger().info(message)
+
+
 def logger() -> logging.Logger:
     """The ``djpool`` logger, given a stderr handler on first use unless the app configured it."""
     global _logger
@@ -70,5 +79,6 @@ def _set_up() -> logging.Logger:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(PREFIX + "%(message)s"))
         found.addHandler(handler)
+        found.setLevel(logging.INFO)
         found.propagate = False
     return found

@@ -167,12 +167,15 @@ def build(
     *,
     name: str,
     ping_every_checkout: bool = False,
+    discard: bool = True,
 ) -> Pool:
     """A Pool sized by ``settings`` whose connections come from ``creator``.
 
     ping_every_checkout: one round trip before every reuse, what Django's
         CONN_HEALTH_CHECKS=True asks for. Off, the cheap socket check in
         ``health`` still catches connections the server closed.
+    discard: DISCARD ALL at checkin; False behind a transaction pooler, where
+        the reset is client-side only (reset.py says why).
     """
     failure = ConnectFailure()
 
@@ -190,18 +193,22 @@ def build(
         max_overflow=settings.max_overflow,
         timeout=min(settings.timeout, WAIT_SLICE_SECONDS),
         recycle=settings.recycle if settings.recycle > 0 else -1,
-        reset_on_return=None,  # our reset event does rollback + DISCARD ALL
+        reset_on_return=None,  # our reset event does rollback (+ DISCARD ALL)
         use_lifo=True,  # reuse the warmest connection; idle ones age out by recycle
         logging_name=name,
         **({"dialect": dialect} if dialect is not None else {}),
     )
     pool = Pool(queue_pool, settings, connect_failure=failure)
-    _listen(queue_pool, pool.counters, ping_every_checkout, name)
+    _listen(queue_pool, pool.counters, ping_every_checkout, name, discard)
     return pool
 
 
 def _listen(
-    queue_pool: QueuePool, counters: PoolCounters, ping_every_checkout: bool, name: str
+    queue_pool: QueuePool,
+    counters: PoolCounters,
+    ping_every_checkout: bool,
+    name: str,
+    discard: bool = True,
 ) -> None:
     """Wire djpool's events: reset at checkin; at checkout finish it, check health, count.
 
@@ -229,7 +236,9 @@ def _listen(
         counters.checkouts += 1
 
     def on_reset(dbapi_connection: Any, connection_record: Any, reset_state: Any = None) -> None:
-        if not reset.on_reset(dbapi_connection, connection_record, reset_state, reset_failed):
+        if not reset.on_reset(
+            dbapi_connection, connection_record, reset_state, reset_failed, discard=discard
+        ):
             counters.reset_failures += 1
 
     def on_connect(dbapi_connection: Any, connection_record: Any) -> None:

@@ -6,6 +6,15 @@ temp tables, prepared statements, LISTEN, session advisory locks, WITH HOLD
 cursors). It refuses to run inside a transaction block, so any transaction is
 ended first, whoever started it. If any step fails the error propagates and
 SQLAlchemy invalidates the connection: it is closed, never reused.
+
+Behind a transaction pooler (``discard=False``, see pooler.py) the reset is
+client-side only: the transaction is ended and autocommit put back, with no
+DISCARD ALL. There the session belongs to the pooler's server connection,
+which serves every client: DISCARD ALL runs on whichever one is free (often
+not the one the request used), resets the parameters the pooler keeps for
+this client (its time zone, so Django must SET it again), and costs one more
+transaction per request. Measured (docs/transaction-pooling.md): half the
+throughput, and about half of the requests still saw another client's SET.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ class ResetFailed(Exception):
     """The DISCARD ALL sent at checkin did not succeed (seen at the next checkout)."""
 
 
-def clean(dbapi_connection: Any, info: MutableMapping[str, Any] | None = None) -> None:
-    """End any transaction, switch to autocommit and DISCARD ALL.
+def clean(
+    dbapi_connection: Any, info: MutableMapping[str, Any] | None = None, *, discard: bool = True
+) -> None:
+    """End any transaction, switch to autocommit and (unless ``discard`` is false) DISCARD ALL.
 
     With ``info`` (the pool record's dict) and a psycopg 3 connection, DISCARD ALL
     is only sent: its answer is read by ``finish`` at the next checkout, so the
@@ -36,14 +47,17 @@ def clean(dbapi_connection: Any, info: MutableMapping[str, Any] | None = None) -
     dbapi_connection.rollback()  # ends a transaction the driver started
     if not dbapi_connection.autocommit:
         dbapi_connection.autocommit = True
-    if info is not None and _can_defer(dbapi_connection):
+    if discard and info is not None and _can_defer(dbapi_connection):
         _send(dbapi_connection.pgconn, b"DISCARD ALL")
         info[PENDING] = True
         return
-    with dbapi_connection.cursor() as cursor:
-        if int(dbapi_connection.info.transaction_status) != TRANSACTION_IDLE:
-            cursor.execute("ROLLBACK")  # one begun with raw SQL, unknown to the driver
-        cursor.execute("DISCARD ALL")
+    open_transaction = int(dbapi_connection.info.transaction_status) != TRANSACTION_IDLE
+    if open_transaction or discard:
+        with dbapi_connection.cursor() as cursor:
+            if open_transaction:
+                cursor.execute("ROLLBACK")  # one begun with raw SQL, unknown to the driver
+            if discard:
+                cursor.execute("DISCARD ALL")
     _forget_client_side_state(dbapi_connection)
 
 
@@ -110,6 +124,8 @@ def on_reset(
     connection_record: Any,
     reset_state: Any = None,
     report: Callable[[str], None] | None = None,
+    *,
+    discard: bool = True,
 ) -> bool:
     """SQLAlchemy ``reset`` event: runs on every return to the pool; False if the reset failed.
 
@@ -121,6 +137,7 @@ def on_reset(
 
     report: called with ``"ErrorName: reason"`` instead of that warning (the
         pool passes its rate-limited event line, djpool.metrics.reset_failed).
+    discard: False behind a transaction pooler: no DISCARD ALL (see above).
     """
     if reset_state is not None and reset_state.terminate_only:
         return True  # the connection is being closed anyway
@@ -128,6 +145,7 @@ def on_reset(
         clean(
             getattr(dbapi_connection, "dbapi_connection", dbapi_connection),
             getattr(connection_record, "info", None),
+            discard=discard,
         )
     except Exception as error:  # noqa: BLE001 - whatever failed, never reuse it
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
