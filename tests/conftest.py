@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from support import stacks
-from support.appserver import AppServer
+from support.appserver import AppServer, AppServers
 from support.postgres import PostgresServer, application_name_for
 
 APP_ROLE = "app"
@@ -66,19 +66,16 @@ def start_app(request: pytest.FixtureRequest, pg: PostgresServer, migrated: None
     DATABASE_URL defaults to ``database_url`` (this test's application_name);
     ``env`` adds or overrides config vars. Returns the started AppServer.
     """
-    started: list[AppServer] = []
-    request.node.djpool_app_servers = started
+    servers = AppServers(request.node)
 
     def start(stack: str = stacks.DEFAULT_STACK, env: dict[str, str] | None = None,
               **options) -> AppServer:
         options.setdefault("log_dir", tmp_path)
-        server = AppServer(stack, {"DATABASE_URL": database_url, **(env or {})}, **options)
-        started.append(server)
-        return server.start()
+        return servers.start(AppServer(stack, {"DATABASE_URL": database_url, **(env or {})},
+                                       **options))
 
     yield start
-    for server in reversed(started):
-        server.stop()
+    servers.stop_all()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -33,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.heroku import REPO, HerokuApp  # noqa: E402
+from support.logs import djpool_lines  # noqa: E402
 from support.postgres import PostgresServer  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 SECONDS = float(os.environ.get("DEMO_SECONDS", "10"))
 CLIENTS = int(os.environ.get("DEMO_CLIENTS", "16"))
@@ -113,12 +115,10 @@ def run_side(app: HerokuApp, pg: PostgresServer, name: str, extra: dict[str, str
            **extra}
     step(f"{name}: booting web.1 ({', '.join(f'{k}={v}' for k, v in {**CONFIG, **extra}.items())})")
     with app.start("web", env=env) as web:
-        deadline = time.monotonic() + 30
-        while len(web.worker_pids()) < int(CONFIG["WEB_CONCURRENCY"]):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the workers did not start:\n" + web.log_text()[-3000:])
-            time.sleep(0.05)
-        djpool = [line for line in web.log_text().splitlines() if line.startswith("djpool:")]
+        workers = int(CONFIG["WEB_CONCURRENCY"])
+        wait_until(lambda: len(web.worker_pids()) >= workers, timeout=30, interval=0.05,
+                   message=f"{workers} gunicorn workers")
+        djpool = djpool_lines(web.log_text())
         detail(djpool[0] if djpool else "(no djpool line: unpooled)")
         web.get("/items/")  # warm up: the first request imports the views
         opened_before = pg.connections_opened(application_name=application_name)
