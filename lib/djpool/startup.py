@@ -42,7 +42,11 @@ def start(environ: Mapping[str, str]) -> bool:
         return False
     if config is None:
         return False
-    say(f"pooling {config.database.describe()}: {config.pool.describe()} per process")
+    pooler = config.pooler.describe()
+    say(
+        f"pooling {config.database.describe()}: {config.pool.describe()} per process"
+        + (f"; {pooler}" if pooler else "")
+    )
     when_imported(TARGET_MODULE, lambda module: _install(module, config))
     return True
 
@@ -82,7 +86,7 @@ def _install(base: ModuleType, config: config_module.Config) -> None:
     metrics.install(config.metrics.interval, config.metrics.dyno)
     metrics.on_first_pool(_register_opentelemetry)
     pools = PoolRegistry(on_new_pool=metrics.pool_opened)
-    django_patch.install(base, pools, config.pool)
+    django_patch.install(base, pools, config.pool, config.pooler)
     _registry = pools
     os.register_at_fork(after_in_child=lambda: pools.after_fork_in_child(django_patch.disown))
     atexit.register(pools.dispose_all)
