@@ -24,12 +24,14 @@ connections, which are fewer than the server's 17 non-superuser slots.
 from __future__ import annotations
 
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from support.concurrency import Outcome, Sampler, in_threads, timed
+from support.concurrency import Load, Outcome, Sampler, in_parallel, in_threads, summary, timed
 from support.heroku import REPO, Dyno, HerokuApp
 from support.logs import djpool_lines
 from support.pgbouncer import PgBouncer
@@ -135,11 +137,12 @@ def start_dynos(slug: HerokuApp) -> Iterator[Callable[..., list[Dyno]]]:
         ]
         started.extend(dynos)
         in_threads(count, lambda index: dynos[index].start(timeout=120), timeout=240)
+        workers = int(env.get("WEB_CONCURRENCY", WORKERS))
         for dyno in dynos:
             wait_until(
-                lambda dyno=dyno: len(dyno.worker_pids()) == WORKERS,
+                lambda dyno=dyno: len(dyno.worker_pids()) == workers,
                 timeout=60,
-                message=f"{WORKERS} gunicorn workers in {dyno.name}",
+                message=f"{workers} gunicorn workers in {dyno.name}",
             )
         return dynos
 
@@ -198,14 +201,16 @@ class Watch:
         self.server = server
         self.bouncer = bouncer
         self.backends = Sampler(
-            lambda: len(server.backends(datname=DATABASE)), interval=0.01, max_seconds=280
+            lambda: sum(b.usename == ROLE for b in server.backends(datname=DATABASE)),
+            interval=0.01,
+            max_seconds=280,
         )
         self.clients = Sampler(
             lambda: bouncer.client_connections(DATABASE), interval=0.05, max_seconds=280
         )
 
     def __enter__(self) -> Watch:
-        self._server_logins = self.server.connections_opened(database=DATABASE)
+        self._server_logins = self.server.connections_opened(user=ROLE, database=DATABASE)
         self._client_logins = self.bouncer.client_logins(DATABASE)
         self._xacts = self.bouncer.stats(DATABASE).get("total_xact_count", 0)
         self.backends.__enter__()
@@ -215,7 +220,9 @@ class Watch:
     def __exit__(self, *exc_info: object) -> None:
         self.clients.__exit__(*exc_info)
         self.backends.__exit__(*exc_info)
-        self.server_logins = self.server.connections_opened(database=DATABASE) - self._server_logins
+        self.server_logins = (
+            self.server.connections_opened(user=ROLE, database=DATABASE) - self._server_logins
+        )
         self.client_logins = self.bouncer.client_logins(DATABASE) - self._client_logins
         self.transactions = self.bouncer.stats(DATABASE).get("total_xact_count", 0) - self._xacts
 
@@ -291,3 +298,197 @@ def test_without_djpool_every_request_logs_in_to_pgbouncer(
         f"peak {watch.backends.highest} server connections, "
         f"{watch.transactions} transactions through PgBouncer"
     )
+
+
+def test_dynos_share_the_poolers_server_connections(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """djpool in every dyno through PgBouncer: every request served, both tiers bounded.
+
+    The settings read DATABASE_CONNECTION_POOL_URL, so djpool treats the
+    alias as behind a transaction pooler without being told: server-side
+    cursors off (iterator() works), no DISCARD ALL at checkin.
+    """
+    dynos = start_dynos(DYNOS, heroku_env(server, bouncer, "pooled"))
+    for dyno in dynos:
+        # --preload: the master starts djpool and makes the alias's first wrapper.
+        start_line, *notices = djpool_lines(dyno.log_text())
+        assert f"transaction pooler: aliases on 127.0.0.1:{bouncer.port}" in start_line
+        assert notices == [
+            f"djpool: database alias 'default' is behind a transaction pooler "
+            f"(127.0.0.1:{bouncer.port}): server-side cursors off, no DISCARD ALL at checkin"
+        ]
+    counter = make_counter(dynos[0])
+    with Watch(server, bouncer) as watch:
+        results = drive(dynos, mixed_paths(counter))
+    assert failures(results) == []
+    check_answers(server, results, counter)
+    # The server never sees more than PgBouncer's pool; PgBouncer never sees more
+    # clients than the dynos' pools hold, and they log in once, not per request.
+    assert watch.backends.highest <= PGBOUNCER_POOL_SIZE
+    assert watch.clients.highest <= DYNOS * WORKERS * POOL_SIZE
+    assert watch.client_logins <= DYNOS * WORKERS * POOL_SIZE < len(results)
+    assert watch.server_logins <= PGBOUNCER_POOL_SIZE
+    status, body = dynos[0].get("/pooler/session/")
+    assert (status, body) == (
+        200,
+        {"time_zone": "UTC", "server_side_cursors": False, "prepare_threshold": None},
+    )
+    print(
+        f"\npooled: {len(results)} requests, 0 failed, {watch.client_logins} PgBouncer logins, "
+        f"{watch.server_logins} server logins, peak {watch.backends.highest} server "
+        f"connections, peak {watch.clients.highest} PgBouncer clients, "
+        f"{watch.transactions} transactions through PgBouncer"
+    )
+
+
+def test_one_transaction_per_request_through_the_pooler(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """The reset behind a transaction pooler is client-side only: no DISCARD ALL, no SET.
+
+    PgBouncer counts the transactions it routes: a request of one indexed
+    query is one transaction. (DISCARD ALL would be a second one, and, as it
+    resets the time zone PgBouncer keeps for the client, Django's SET TIME
+    ZONE a third: docs/transaction-pooling.md has the measurements.)
+    """
+    (dyno,) = start_dynos(1, heroku_env(server, bouncer, "one-xact", WEB_CONCURRENCY="1"))
+    # Every connection of the pool made (and set up: Django's SET TIME ZONE), so
+    # that no request below opens one, even if it comes before the last checkin.
+    warm = in_parallel([lambda: dyno.get("/slow/?ms=300")] * POOL_SIZE)
+    assert all(o.ok for o in warm), summary(warm)
+
+    def pool() -> dict[str, int]:
+        status, body = dyno.get("/pool/")
+        assert status == 200, body
+        return body["pools"][0]
+
+    wait_until(lambda: pool()["checkedin"] == POOL_SIZE, timeout=10)
+    before = bouncer.stats(DATABASE)["total_xact_count"]
+    for _ in range(20):
+        status, body = dyno.get("/items/?name=item-3")
+        assert (status, body) == (200, {"found": True, "value": 3})
+    assert pool()["connects"] == POOL_SIZE
+    assert bouncer.stats(DATABASE)["total_xact_count"] - before == 20
+
+
+def test_a_transaction_left_open_does_not_hold_a_server_connection(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """A request leaves a transaction open: the checkin ends it, the server connection is free."""
+    (dyno,) = start_dynos(1, heroku_env(server, bouncer, "left-open", WEB_CONCURRENCY="1"))
+    for via in ("begin", "autocommit"):
+        status, body = dyno.get(f"/aborted/?via={via}")
+        assert (status, body["status"]) == (200, "INERROR"), body
+        wait_until(
+            lambda: all(row["sv_active"] == 0 for row in bouncer.pools(DATABASE)),
+            timeout=10,
+            message=lambda: f"PgBouncer's server connections released: {bouncer.pools(DATABASE)}",
+        )
+        states = {b.state for b in server.backends(datname=DATABASE) if b.usename == ROLE}
+        assert states <= {"idle"}, states
+        assert dyno.get("/items/?name=item-4") == (200, {"found": True, "value": 4})
+
+
+def test_pgbouncer_restarted_during_load(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """PgBouncer restarts under load: requests that start once it is back all succeed.
+
+    Its restart closes every client connection the pools hold; djpool's
+    checkout sees the closed socket and connects again, so no request after
+    the restart is given a dead connection.
+    """
+    dynos = start_dynos(2, heroku_env(server, bouncer, "restart"))
+    paths = ["/items/?name=item-5", "/pooler/iterate/"]
+    turn = iter(range(10**6))
+
+    def send() -> tuple[int, object]:
+        n = next(turn)
+        return dynos[n % 2].get(paths[n // 2 % 2], timeout=REQUEST_TIMEOUT)
+
+    with Load(send, clients=8) as load:
+        load.wait_for_successes(40)
+        bouncer.restart()
+        back = time.monotonic()
+        load.wait_for_successes(200, since=back)
+        outcomes = load.stop()
+    before = [o for o in outcomes if o.ended < back]
+    after = [o for o in outcomes if o.started >= back]
+    assert sum(o.ok for o in before) >= 40
+    assert len(after) >= 200 and all(o.ok for o in after), summary(after)
+    assert bouncer.client_connections(DATABASE) <= 2 * WORKERS * POOL_SIZE
+
+
+def test_pool_transaction_pooler_names_a_self_hosted_pgbouncer(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """DATABASE_URL straight to a PgBouncer djpool cannot recognise: POOL_TRANSACTION_POOLER=1."""
+    env = {
+        "DATABASE_URL": bouncer.url(DATABASE, ROLE, application_name="explicit"),
+        "POOL_TRANSACTION_POOLER": "1",
+    }
+    (dyno,) = start_dynos(1, env)
+    start_line, *notices = djpool_lines(dyno.log_text())
+    assert "; transaction pooler: every alias (POOL_TRANSACTION_POOLER=1)" in start_line
+    assert notices == [
+        "djpool: database alias 'default' is behind a transaction pooler "
+        "(POOL_TRANSACTION_POOLER=1): server-side cursors off, no DISCARD ALL at checkin"
+    ]
+    outcomes = in_parallel([lambda: dyno.get("/pooler/iterate/?chunk=2")] * 16)
+    assert all(o.ok for o in outcomes), summary(outcomes)
+    assert {o.body["count"] for o in outcomes} == {ITEMS}
+    assert dyno.get("/pooler/session/") == (
+        200,
+        {"time_zone": "UTC", "server_side_cursors": False, "prepare_threshold": None},
+    )
+
+
+def test_prepare_threshold_is_kept_off_behind_the_pooler(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """OPTIONS turning psycopg's prepared statements on: one warning, and they stay off.
+
+    Prepared statements live on one server connection; behind a transaction
+    pooler the next execution may run on another ("prepared statement
+    _pg3_0 does not exist"), unless the pooler tracks them.
+    """
+    env = heroku_env(
+        server, bouncer, "prepared", APP_DB_OPTIONS='{"prepare_threshold": 1}', WEB_CONCURRENCY="1"
+    )
+    (dyno,) = start_dynos(1, env)
+    outcomes = in_parallel([lambda: dyno.get("/items/?name=item-6")] * 24)
+    assert all(o.ok for o in outcomes), summary(outcomes)
+    assert dyno.get("/pooler/session/") == (
+        200,
+        {"time_zone": "UTC", "server_side_cursors": False, "prepare_threshold": None},
+    )
+    warnings = [line for line in djpool_lines(dyno.log_text()) if "prepare_threshold" in line]
+    assert len(warnings) == 1, djpool_lines(dyno.log_text())
+    assert "'default'" in warnings[0]
+
+
+def test_a_bad_pool_transaction_pooler_fails_the_build(tmp_path: Path) -> None:
+    app = HerokuApp(
+        [APP_SOURCE, APPS / "base"], tmp_path / "bad", {"POOL_TRANSACTION_POOLER": "maybe"}
+    )
+    build = app.build()
+    assert not build.ok
+    assert (
+        " !     POOL_TRANSACTION_POOLER='maybe' is not valid: expected one of "
+        "1/true/yes/on or 0/false/no/off"
+    ) in build.log, build.log
+
+
+def test_a_bad_pool_transaction_pooler_at_runtime_runs_unpooled(
+    server: PostgresServer, slug: HerokuApp
+) -> None:
+    done = slug.run(
+        "python -c 'import django.db.backends.postgresql.base'",
+        env={"DATABASE_URL": direct_url(server, "bad-var"), "POOL_TRANSACTION_POOLER": "maybe"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert djpool_lines(done.stderr) == [
+        "djpool: POOL_TRANSACTION_POOLER='maybe' is not valid: expected one of "
+        "1/true/yes/on or 0/false/no/off; running unpooled"
+    ]
