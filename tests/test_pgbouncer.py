@@ -492,3 +492,26 @@ def test_a_bad_pool_transaction_pooler_at_runtime_runs_unpooled(
         "djpool: POOL_TRANSACTION_POOLER='maybe' is not valid: expected one of "
         "1/true/yes/on or 0/false/no/off; running unpooled"
     ]
+
+
+def test_pgbouncer_speaks_tls_and_scram_on_both_hops(
+    server: PostgresServer, bouncer: PgBouncer
+) -> None:
+    """The stage is what Heroku's pooler is: TLS and SCRAM from the client, TLS to the server."""
+    import psycopg
+
+    with bouncer.connect(DATABASE, ROLE, application_name="tls-check", autocommit=True) as conn:
+        assert conn.pgconn.ssl_in_use
+        (server_side_tls,) = conn.execute(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
+        assert server_side_tls is True
+        mine = [c for c in bouncer.clients(DATABASE) if c["application_name"] == "tls-check"]
+        assert len(mine) == 1 and mine[0]["tls"].startswith("TLSv1."), mine
+    with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
+        bouncer.connect(DATABASE, ROLE, password="not-" + server.password_of(ROLE)).close()
+    with pytest.raises(psycopg.OperationalError):
+        bouncer.connect(DATABASE, ROLE, sslmode="verify-full", sslrootcert=str(server.ca_cert_path))
+    bouncer.connect(
+        DATABASE, ROLE, sslmode="verify-full", sslrootcert=str(bouncer.ca_cert_path)
+    ).close()
