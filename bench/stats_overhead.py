@@ -1,24 +1,28 @@
 """What watching the pool costs a checkout: checkout+checkin cycles with and without it.
 
 Issue 13's budget: the checkout+checkin cycle must not grow by more than 5 µs
-when the pool is watched. Each run is a process of its own that builds one
-djpool pool (one connection, over TLS to a throwaway PostgreSQL set up like
-Heroku Postgres), warms it, then times CYCLES checkouts and checkins (the
-checkin's DISCARD ALL and the next checkout's read of its answer included):
+when the pool is watched. Each run is a process of its own with one djpool
+pool (one connection, over TLS to a throwaway PostgreSQL set up like Heroku
+Postgres). It times blocks of BLOCK checkouts and checkins (the checkin's
+DISCARD ALL and the next checkout's read of its answer included), in turns:
 
     bare     SQLAlchemy's QueuePool.connect()/close() under djpool's events,
              without djpool's checkout (no wait timing, no waiting-thread gauge)
     off      djpool's Pool.checkout(): what every request pays, counters included
-    watched  as off, plus the l2met reporter thread (interval 1 s, the shortest a
-             user can set) and the OpenTelemetry instruments, collected every
-             second by an SDK reader in another thread
+    watched  as off, while a thread does what the l2met reporter and an
+             OpenTelemetry reader do, every second (POOL_METRICS_INTERVAL=1,
+             the shortest a user can set): a report and a collection
 
-Runs are interleaved (bare, off, watched, bare, ...) so that the machine's
-drift hits all three alike; the report gives each variant's median µs per
-cycle and the medians of the paired differences. Usage (needs the venv with
-OpenTelemetry's SDK, tests/requirements/otel-dj52-psycopg3.txt)::
+The three turns of a triple run back to back in one process on one
+connection, so the machine's drift hits them alike; a block's figure is the
+CPU time of the whole process (every thread) per cycle, and its wall time.
+The report gives the mean and median of the paired differences over every
+triple of every run, and the background work timed directly (a report and a
+collection, each with a full window of waits), spread over a second's
+checkouts. Usage (needs the venv with OpenTelemetry's SDK,
+tests/requirements/otel-dj52-psycopg3.txt)::
 
-    .venv/stacks/otel-dj52-psycopg3/bin/python bench/stats_overhead.py [--rounds 9]
+    .venv/stacks/otel-dj52-psycopg3/bin/python bench/stats_overhead.py [--runs 3]
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = REPO / ".venv" / "stacks" / "otel-dj52-psycopg3" / "bin" / "python"
 VARIANTS = ("bare", "off", "watched")
-CYCLES = 3000
+BLOCK = 2000  # cycles per timed block
+TRIPLES = 12  # (bare, off, watched) blocks per run
 WARMUP = 300
 BUDGET_US = 5.0
-CLOCKS = ("wall", "cpu")
 
 
 # -- one run (a child process) ---------------------------------------------------------------
@@ -62,81 +66,83 @@ def build_pool(params: dict[str, Any]) -> Any:
     )
 
 
-def watch(pool: Any) -> tuple[Any, Any]:
-    """Start what a watched process runs: the reporter and OpenTelemetry, read every second."""
-    from opentelemetry import metrics as api
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+class Watcher:
+    """The reporter's and an OpenTelemetry reader's work, every second while switched on."""
 
-    from djpool import metrics, otel
+    def __init__(self, pool: Any) -> None:
+        from opentelemetry import metrics as api
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    def stats(reset_waits: bool) -> dict[str, Any]:
-        return {"alias": "default", "database": "app", "host": "", **pool.stats(reset_waits)}
+        from djpool import metrics, otel
 
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
-    reporter = metrics.Reporter(
-        1, None, read=lambda: [stats(True)], write=lambda line: print(line, file=devnull)
-    )
-    reporter.start()
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
-    otel.Instruments(
-        provider.get_meter("djpool"),
-        api.Observation,
-        read=lambda: [(stats(False), pool.counters.waits)],
-    )
+        def stats(reset_waits: bool) -> dict[str, Any]:
+            return {"alias": "default", "database": "app", "host": "", **pool.stats(reset_waits)}
 
-    def collect() -> None:
+        self.pool = pool
+        devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the run
+        self.reporter = metrics.Reporter(
+            1, None, read=lambda: [stats(True)], write=lambda line: print(line, file=devnull)
+        )
+        self.reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[self.reader])
+        otel.Instruments(
+            provider.get_meter("djpool"),
+            api.Observation,
+            read=lambda: [(stats(False), pool.counters.waits)],
+        )
+        self.on = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
         while True:
+            self.on.wait()
             time.sleep(1)
-            reader.get_metrics_data()
+            if self.on.is_set():
+                self.reporter.report()
+                self.reader.get_metrics_data()
 
-    collector = threading.Thread(target=collect, daemon=True)
-    collector.start()
-    return reporter, reader
-
-
-def background_us(reporter: Any, reader: Any, pool: Any, calls: int = 200) -> dict[str, float]:
-    """µs of one report and of one OpenTelemetry collection, with a full window of waits.
-
-    What the watching threads do once per interval, timed directly: spread
-    over the checkouts of that interval it is their whole cost per cycle.
-    """
-    timings = {}
-    for name, work in (("report", reporter.report), ("collect", reader.get_metrics_data)):
-        total = 0
-        for _ in range(calls):
-            for _ in range(1024):  # a full window of waits to sort, as under load
-                pool.counters.waits.add(0.0001)
-            started = time.perf_counter_ns()
-            work()
-            total += time.perf_counter_ns() - started
-        timings[name] = total / calls / 1000
-    return timings
+    def background_us(self, calls: int = 100) -> dict[str, float]:
+        """µs of one report and of one collection, each after a full window of waits."""
+        timings = {}
+        for name, work in (
+            ("report", self.reporter.report),
+            ("collect", self.reader.get_metrics_data),
+        ):
+            total = 0
+            for _ in range(calls):
+                for _ in range(1024):  # a full window of waits, as under load
+                    self.pool.counters.waits.add(0.0001)
+                started = time.perf_counter_ns()
+                work()
+                total += time.perf_counter_ns() - started
+            timings[name] = total / calls / 1000
+        return timings
 
 
-def run_once(variant: str, params: dict[str, Any]) -> dict[str, float]:
-    """µs per checkout+checkin cycle in this process: wall clock, and CPU of all its threads.
-
-    The CPU time is the steadier figure on a busy machine (the wall clock also
-    holds the server's share of the round trip) and it includes what the
-    watching threads spend, so it is the cost that the budget is about.
-    """
+def run_once(params: dict[str, Any]) -> dict[str, Any]:
+    """Per triple, µs per cycle of each variant: CPU of every thread, and wall."""
     pool = build_pool(params)
-    if variant == "bare":
-        connect = pool.queue_pool.connect
-    else:
-        connect = pool.checkout
-    watching = watch(pool) if variant == "watched" else None
+    watcher = Watcher(pool)
+    connects = {"bare": pool.queue_pool.connect, "off": pool.checkout, "watched": pool.checkout}
     for _ in range(WARMUP):
-        connect().close()
-    started, cpu_started = time.perf_counter_ns(), time.process_time_ns()
-    for _ in range(CYCLES):
-        connect().close()
-    elapsed, cpu = time.perf_counter_ns() - started, time.process_time_ns() - cpu_started
-    result = {"wall": elapsed / CYCLES / 1000, "cpu": cpu / CYCLES / 1000}
-    if watching is not None:
-        result.update(background_us(*watching, pool))
+        pool.checkout().close()
+    triples = []
+    for number in range(TRIPLES):
+        order = VARIANTS if number % 2 == 0 else tuple(reversed(VARIANTS))
+        triple = {}
+        for variant in order:
+            connect = connects[variant]
+            if variant == "watched":
+                watcher.on.set()
+            started, cpu_started = time.perf_counter_ns(), time.process_time_ns()
+            for _ in range(BLOCK):
+                connect().close()
+            cpu, wall = time.process_time_ns() - cpu_started, time.perf_counter_ns() - started
+            watcher.on.clear()
+            triple[variant] = {"cpu": cpu / BLOCK / 1000, "wall": wall / BLOCK / 1000}
+        triples.append(triple)
+    result = {"triples": triples, **watcher.background_us()}
     pool.dispose()
     return result
 
@@ -144,15 +150,21 @@ def run_once(variant: str, params: dict[str, Any]) -> dict[str, float]:
 # -- the driver ----------------------------------------------------------------------------
 
 
+def describe(name: str, values: list[float]) -> str:
+    return (
+        f"{name}: mean {statistics.fmean(values):+7.2f}  median {statistics.median(values):+7.2f}"
+        f"  (stdev {statistics.stdev(values):.2f}, n={len(values)})"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9, help="runs of each variant (default 9)")
+    parser.add_argument("--runs", type=int, default=3, help="processes, each its own pool")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "lib"))
     if args.child:  # the spec comes on stdin: no password on a command line
-        spec = json.loads(sys.stdin.read())
-        print(json.dumps(run_once(spec["variant"], spec["params"])))
+        print(json.dumps(run_once(json.loads(sys.stdin.read()))))
         return 0
     if Path(sys.prefix).resolve() != PYTHON.parent.parent.resolve():
         if not PYTHON.exists():
@@ -162,10 +174,8 @@ def main() -> int:
     sys.path.insert(0, str(REPO / "tests"))
     from support.postgres import PostgresServer
 
-    background: dict[str, list[float]] = {}
-    results: dict[str, dict[str, list[float]]] = {
-        clock: {variant: [] for variant in VARIANTS} for clock in CLOCKS
-    }
+    triples: list[dict[str, dict[str, float]]] = []
+    background: dict[str, list[float]] = {"report": [], "collect": []}
     with PostgresServer() as server:
         server.create_role("app", "bench-" + os.urandom(8).hex())
         server.create_database("app", owner="app")
@@ -177,57 +187,43 @@ def main() -> int:
             "password": server.password_of("app"),
             "sslmode": "require",
         }
-        for round_number in range(args.rounds):
-            order = VARIANTS if round_number % 2 == 0 else tuple(reversed(VARIANTS))
-            for variant in order:
-                spec = json.dumps({"variant": variant, "params": params})
-                done = subprocess.run(
-                    [sys.executable, __file__, "--child"],
-                    input=spec,
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                    check=True,
-                )
-                measured = json.loads(done.stdout.splitlines()[-1])
-                for clock in CLOCKS:
-                    results[clock][variant].append(measured[clock])
-                for name in ("report", "collect"):
-                    if name in measured:
-                        background.setdefault(name, []).append(measured[name])
-            shown = "  ".join(
-                f"{v} {results['wall'][v][-1]:.1f}/{results['cpu'][v][-1]:.1f}" for v in VARIANTS
+        for run in range(args.runs):
+            done = subprocess.run(
+                [sys.executable, __file__, "--child"],
+                input=json.dumps(params),
+                capture_output=True,
+                text=True,
+                timeout=900,
+                check=True,
             )
-            print(f"round {round_number + 1}/{args.rounds}: µs per cycle (wall/cpu)  {shown}")
+            result = json.loads(done.stdout.splitlines()[-1])
+            triples += result["triples"]
+            for name in background:
+                background[name].append(result[name])
+            print(f"run {run + 1}/{args.runs}: {len(result['triples'])} triples", flush=True)
     print()
-    print(f"{CYCLES} checkout+checkin cycles per run, {args.rounds} runs each, interleaved")
-    growth = {}
-    for clock in CLOCKS:
-        print(f"{clock} clock, µs per cycle:")
+    print(f"{BLOCK} checkout+checkin cycles per block, {len(triples)} (bare, off, watched) triples")
+    for clock in ("cpu", "wall"):
+        print(f"{clock} µs per cycle:")
         for variant in VARIANTS:
-            values = results[clock][variant]
-            print(
-                f"  {variant:8} median {statistics.median(values):7.2f}"
-                f"  (min {min(values):.2f}, max {max(values):.2f})"
-            )
+            values = [t[variant][clock] for t in triples]
+            print(f"  {variant:8} median {statistics.median(values):7.2f}")
         for a, b in (("off", "bare"), ("watched", "off")):
-            paired = [x - y for x, y in zip(results[clock][a], results[clock][b], strict=True)]
-            growth[(clock, a)] = statistics.median(paired)
-            print(f"  {a} - {b}: median of paired differences {growth[(clock, a)]:+.2f}")
+            paired = [t[a][clock] - t[b][clock] for t in triples]
+            print("  " + describe(f"{a} - {b}", paired))
     report_us = statistics.median(background["report"])
     collect_us = statistics.median(background["collect"])
-    cycles_per_second = 1e6 / statistics.median(results["wall"]["off"])
+    cycles_per_second = 1e6 / statistics.median(t["off"]["wall"] for t in triples)
+    spread = (report_us + collect_us) / cycles_per_second
     print(
-        f"background, once per second: a report {report_us:.1f} µs, an OpenTelemetry "
-        f"collection {collect_us:.1f} µs; over the {cycles_per_second:.0f} cycles a second "
-        f"one connection does here: {(report_us + collect_us) / cycles_per_second:.3f} µs a cycle"
+        f"background, once per interval: a report {report_us:.1f} µs, an OpenTelemetry "
+        f"collection {collect_us:.1f} µs; over one connection's {cycles_per_second:.0f} "
+        f"cycles a second: {spread:.3f} µs a cycle at a 1 s interval, "
+        f"{spread / 60:.4f} at the default 60 s"
     )
-    cpu_growth = growth[("cpu", "watched")]
-    verdict = "within" if cpu_growth <= BUDGET_US else "OVER"
-    print(
-        f"watching the pool costs {cpu_growth:+.2f} µs CPU per cycle "
-        f"({growth[('wall', 'watched')]:+.2f} µs wall): {verdict} the {BUDGET_US:g} µs budget"
-    )
+    growth = statistics.fmean(t["watched"]["cpu"] - t["off"]["cpu"] for t in triples)
+    verdict = "within" if growth <= BUDGET_US else "OVER"
+    print(f"watching the pool: {growth:+.2f} µs CPU per cycle (mean): {verdict} {BUDGET_US:g} µs")
     return 0
 
 
