@@ -183,6 +183,26 @@ def test_an_exhausted_pool_counts_timeouts_and_says_so_once(start_app, tmp_path)
     ), event
 
 
+def test_a_connection_the_server_closed_is_one_event_line_a_minute(start_app, pg, appname):
+    app = start_app(env={"POOL_SIZE": "1"}, workers=1, threads=2)
+    killed = []
+    for _ in range(3):
+        status, body = app.get("/pid/", timeout=REQUEST_TIMEOUT)
+        assert status == 200, body
+        wait_until(lambda: checked_out(app) == 0, timeout=30, message="the connection back")
+        killed += pg.terminate_backends(application_name=appname)
+        wait_until(lambda: not pg.backends(application_name=appname), timeout=30)
+    status, body = app.get("/pid/", timeout=REQUEST_TIMEOUT)
+    assert status == 200 and body["pid"] not in killed, body
+    assert len(killed) == 3, killed  # found dead at the next three checkouts: one line
+    [worker] = app.worker_pids()
+    events = event_lines(app.log_text(), "server_closed_connection")
+    assert events == [
+        f"djpool: event=server_closed_connection source=pid{worker} alias=default "
+        'desc="a pooled connection was closed by the server; replaced at checkout"'
+    ], events
+
+
 def test_each_forked_worker_reports_on_its_own(start_app):
     app = start_app(
         env={"POOL_SIZE": "2", "POOL_METRICS_INTERVAL": "1", "DYNO": "web.1"},
