@@ -29,7 +29,7 @@ function layers::find_python() {
 			buildpacks, or it comes after djpool.
 
 			List heroku/python first, then djpool, then heroku/procfile, in
-			the app's project.toml (see docs/cnb.md in djpool's repository):
+			the app's project.toml (see docs/buildpack.md in djpool's repository):
 			  [[io.buildpacks.group]]
 			  id = "heroku/python"
 			Then build again (git push heroku main).
