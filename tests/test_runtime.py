@@ -532,7 +532,12 @@ BAD_URLS = [
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_bad_database_url_gives_one_line_without_the_password(stack, url, shown):
     # The app would fail on such a URL by itself; the shim must not add a crash.
-    proc = stacks.run_python(stack, "print('still running')", {"DATABASE_URL": url})
+    # The URL is checked when Django's PostgreSQL backend is first imported.
+    proc = stacks.run_python(
+        stack,
+        "import django.db.backends.postgresql.base; print('still running')",
+        {"DATABASE_URL": url},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "still running"
     lines = djpool_lines(proc)
     assert len(lines) == 1, proc.stderr
@@ -579,13 +584,18 @@ def test_the_stack_runs_the_python_django_and_driver_its_name_says(stack, db_env
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_shim_imports_neither_django_nor_sqlalchemy(stack, db_env):
+    # Nor does it say anything yet: config, line and SQLAlchemy wait for Django's backend.
+    imported = "print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))"
     proc = stacks.run_python(
         stack,
-        "import sys; print(sorted(m for m in ('django', 'sqlalchemy') if m in sys.modules))",
+        f"import sys; {imported}; sys.stderr.write('--\\n'); sys.stderr.flush()\n"
+        f"import django.db.backends.postgresql.base; {imported}",
         db_env,
     )
-    assert proc.stdout.strip() == "[]", proc.stderr
-    assert len(djpool_lines(proc)) == 1
+    assert proc.stdout.split("\n")[:2] == ["[]", "['django', 'sqlalchemy']"], proc.stderr
+    before, _, after = proc.stderr.partition("--\n")
+    assert "djpool" not in before
+    assert len([line for line in after.splitlines() if line.startswith("djpool: ")]) == 1
 
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
@@ -660,10 +670,25 @@ def test_a_broken_sitecustomize_of_the_app_does_not_stop_pooling(stack, pg, db_e
 
 
 @pytest.mark.parametrize("stack", MAIN_STACKS)
-def test_missing_dependencies_mean_one_line_and_unpooled(stack, db_env):
-    # The OS's python3 (see other_python) has neither SQLAlchemy nor dj-database-url.
-    proc = run_in(other_python(stack), "print('ok')", db_env)
-    assert proc.stdout.strip() == "ok"
+def test_missing_dependencies_mean_one_line_and_unpooled(stack, db_env, tmp_path):
+    # The OS's python3 (see other_python) has neither SQLAlchemy nor dj-database-url,
+    # nor Django: djpool looks for them when Django's PostgreSQL backend is imported,
+    # so an empty module of that name stands in for it (in a chroot stack the
+    # interpreter sees the same /tmp).
+    backend = tmp_path / "django" / "db" / "backends" / "postgresql"
+    backend.mkdir(parents=True)
+    for folder in (backend, *backend.parents):
+        if folder == tmp_path:
+            break
+        (folder / "__init__.py").write_text("")
+    (backend / "base.py").write_text("")
+    proc = run_in(
+        other_python(stack),
+        "import django.db.backends.postgresql.base; print('ok')",
+        db_env,
+        pythonpath=[tmp_path],
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr
     assert djpool_lines(proc) == [
         "djpool: SQLAlchemy and dj-database-url are not installed; running unpooled"
     ]

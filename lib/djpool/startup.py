@@ -1,40 +1,56 @@
-"""What the shim runs once it decided to load djpool: config, one line, the import hook.
+"""What the shim runs once it decided to load djpool: the import hook now, the rest later.
 
-Cheap on purpose: it imports neither Django nor SQLAlchemy. Both are imported
-when the app first imports Django's PostgreSQL backend, which is also when
-the patch is applied. Any failure here ends in one ``djpool:`` line and an
-unpooled process, never in an exception.
+At interpreter start (``start``) djpool only registers a post-import hook on
+Django's PostgreSQL backend: every Python process of the app runs this, and
+most of them (scripts, tools, ``python -c``) never touch Django. Everything
+else happens in ``activate``, the moment that backend is first imported:
+the dependencies are looked for, the configuration is read and validated,
+SQLAlchemy is imported, the patch applied and the one start-up line written.
+Bad configuration ends there in one ``djpool:`` line and an unpooled
+process, never in an exception.
+
+Imported at every interpreter start: no ``typing``, no ``__future__``,
+annotations as strings, everything else imported inside the functions.
 """
 
-from __future__ import annotations
-
-import atexit
-import os
 import sys
-from collections.abc import Mapping
-from types import ModuleType
 
-from djpool import config as config_module
 from djpool.importhook import when_imported
-from djpool.log import say, warn
 
 TYPE_CHECKING = False  # typing's flag, without importing typing at interpreter start
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import ModuleType
+
+    from djpool.config import Config
     from djpool.registry import PoolRegistry
 
 TARGET_MODULE = "django.db.backends.postgresql.base"
 MIN_SQLALCHEMY = (1, 4)
 
-_registry: PoolRegistry | None = None  # the process's pools once the patch is in
+_registry: "PoolRegistry | None" = None  # the process's pools once the patch is in
 
 
-def start(environ: Mapping[str, str]) -> bool:
-    """Validate the configuration and arrange for the patch; True if pooling is on."""
+def start(environ: "Mapping[str, str]") -> None:
+    """Arrange for ``activate`` to run when Django's PostgreSQL backend is first imported."""
+
+    def patch(module: "ModuleType") -> None:
+        activate(module, environ)
+
+    when_imported(TARGET_MODULE, patch)
+
+
+def activate(base: "ModuleType", environ: "Mapping[str, str]") -> bool:
+    """Validate the configuration, patch ``base`` and say so in one line; True if pooled."""
+    from djpool.log import say
+
     missing = missing_dependencies()
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         say(f"{' and '.join(missing)} {verb} not installed; running unpooled")
         return False
+    from djpool import config as config_module
+
     try:
         config = config_module.load(environ)
     except config_module.ConfigError as error:
@@ -42,24 +58,24 @@ def start(environ: Mapping[str, str]) -> bool:
         return False
     if config is None:
         return False
+    if not _install(base, config):
+        return False
     pooler = config.pooler.describe()
     say(
         f"pooling {config.database.describe()}: {config.pool.describe()} per process"
         + (f"; {pooler}" if pooler else "")
     )
-    when_imported(TARGET_MODULE, lambda module: _install(module, config))
     return True
 
 
-def missing_dependencies() -> list[str]:
+def missing_dependencies() -> "list[str]":
     """The runtime dependencies this interpreter cannot import (found without importing)."""
     wanted = {"sqlalchemy": "SQLAlchemy", "dj_database_url": "dj-database-url"}
     return [name for module, name in wanted.items() if not _findable(module)]
 
 
 def _findable(module: str) -> bool:
-    # What importlib.util.find_spec does for a top-level name, without
-    # importing importlib.util at every interpreter start.
+    # What importlib.util.find_spec does for a top-level name, without importing it.
     if module in sys.modules:
         return True
     for finder in sys.meta_path:
@@ -69,9 +85,14 @@ def _findable(module: str) -> bool:
     return False
 
 
-def _install(base: ModuleType, config: config_module.Config) -> None:
+def _install(base: "ModuleType", config: "Config") -> bool:
     global _registry
+    import atexit
+    import os
+
     import sqlalchemy
+
+    from djpool.log import warn
 
     version = tuple(int(part) for part in sqlalchemy.__version__.split(".")[:2])
     if version < MIN_SQLALCHEMY:
@@ -79,7 +100,7 @@ def _install(base: ModuleType, config: config_module.Config) -> None:
             f"SQLAlchemy {sqlalchemy.__version__} is installed; djpool needs 1.4 or later; "
             "running unpooled"
         )
-        return
+        return False
     from djpool import django_patch, metrics
     from djpool.registry import PoolRegistry
 
@@ -90,6 +111,7 @@ def _install(base: ModuleType, config: config_module.Config) -> None:
     _registry = pools
     os.register_at_fork(after_in_child=lambda: pools.after_fork_in_child(django_patch.disown))
     atexit.register(pools.dispose_all)
+    return True
 
 
 def _register_opentelemetry() -> None:
@@ -99,6 +121,6 @@ def _register_opentelemetry() -> None:
     otel.install()
 
 
-def registry() -> PoolRegistry | None:
+def registry() -> "PoolRegistry | None":
     """The live PoolRegistry (None until Django's PostgreSQL backend was imported)."""
     return _registry
