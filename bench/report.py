@@ -158,6 +158,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if c and x:
                 ratio = _relative(c, x)
                 add(f"c / {other} req/s, {workload}", ratio, ">= 1.00", ratio >= 1.0)
+    for workload in WORKLOADS:
+        c, e = summary.get(("c", workload)), summary.get(("e", workload))
+        if c and e:
+            ratio = _ratio(c["app_cpu_us"], e["app_cpu_us"])
+            add(f"c / e app CPU per request, {workload}", ratio, "<= 1.00", ratio <= 1.0)
     limit = workers * (DJPOOL_POOL_SIZE + DJPOOL_MAX_OVERFLOW)
     peaks = [
         summary[("c", workload)]["peak_connections"]
@@ -171,6 +176,56 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"<= {workers} x ({DJPOOL_POOL_SIZE}+{DJPOOL_MAX_OVERFLOW}) = {limit}",
             max(peaks) <= limit,
         )
+    for row in startup_targets(results.get("startup") or {}):
+        rows.append(row)
+    return rows
+
+
+def startup_targets(startup: dict[str, Any]) -> list[dict[str, Any]]:
+    """bench/startup.py's targets (interpreter start, the patch's import) and memory figures.
+
+    Each row has target, value, shown (formatted with its unit), goal and
+    result: pass, MISS, or "report" for a figure the issue asks to report
+    without a goal (memory per worker).
+    """
+    rows: list[dict[str, Any]] = []
+
+    def add(what: str, value: float, shown: str, goal: str, result: str) -> None:
+        rows.append(
+            {"target": what, "value": value, "shown": shown, "goal": goal, "result": result}
+        )
+
+    for key, what, goal in (
+        ("shim_start", "shim at interpreter start (URL set - POOL_DISABLED=1)", 1.0),
+        ("patch_import", "backend import with the patch, beyond SQLAlchemy's own", 10.0),
+    ):
+        value = startup.get(key + "_ms")
+        if value is None:
+            continue
+        add(what, value, f"{value:+.2f} ms", f"<= {goal:g} ms", "pass" if value <= goal else "MISS")
+        used = startup.get(key + "_cpu_ms")
+        if used is not None:
+            add(
+                f"{what}, CPU time (cross-check)",
+                used,
+                f"{used:+.2f} ms",
+                f"<= {goal:g} ms",
+                "pass" if used <= goal else "MISS",
+            )
+    memory = startup.get("memory") or {}
+    for preload in ("", ", --preload"):
+        shim, bare = memory.get("shim" + preload), memory.get("no shim" + preload)
+        if not (shim and bare):
+            continue
+        for key, what in (("worker_rss_mb", "RSS"), ("worker_pss_mb", "PSS")):
+            value = shim[key] - bare[key]
+            add(
+                f"{what} the shim adds per gunicorn worker{preload}",
+                value,
+                f"{value:+.1f} MB",
+                f"{bare[key]:.1f} MB without",
+                "report",
+            )
     return rows
 
 
@@ -211,7 +266,7 @@ def targets_table(results: dict[str, Any]) -> str:
     out = ["| target | measured | goal | |", "|---|---:|---|---|"]
     for row in targets(results):
         value = row["value"]
-        shown = f"{value:g}" if isinstance(value, int) else _fmt(value)
+        shown = row.get("shown") or (f"{value:g}" if isinstance(value, int) else _fmt(value))
         out.append(f"| {row['target']} | {shown} | {row['goal']} | {row['result']} |")
     return "\n".join(out) + "\n"
 
@@ -250,12 +305,15 @@ def startup_table(results: dict[str, Any]) -> str:
     if not startup:
         return ""
     out = [
-        f"| interpreter start (median of {startup.get('runs', 30)}) | ms | vs bare |",
-        "|---|---:|---:|",
+        f"| interpreter start (median of {startup.get('runs', 30)}) | ms | vs bare | CPU ms |",
+        "|---|---:|---:|---:|",
     ]
     bare = startup["start_ms"]["bare"]
+    cpu = startup.get("start_cpu_ms") or {}
     for name, value in startup["start_ms"].items():
-        out.append(f"| {name} | {value:.1f} | {value - bare:+.1f} |")
+        used = cpu.get(name)
+        shown = "–" if used is None else f"{used:.1f}"
+        out.append(f"| {name} | {value:.1f} | {value - bare:+.1f} | {shown} |")
     out.append("")
     out.append(
         "| one request's database work, one process (close_old_connections, "
@@ -268,6 +326,19 @@ def startup_table(results: dict[str, Any]) -> str:
             for key in ("wall_us", "client_cpu_us", "server_cpu_us")
         ]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
+    memory = startup.get("memory")
+    if memory:
+        out.append("")
+        out.append(
+            "| memory per gunicorn worker (2 × 4 threads, after 400 requests) "
+            "| worker RSS MB | worker PSS MB | master RSS MB |"
+        )
+        out.append("|---|---:|---:|---:|")
+        for name, row in memory.items():
+            out.append(
+                f"| {name} | {row['worker_rss_mb']:.1f} | {row['worker_pss_mb']:.1f} "
+                f"| {row['master_rss_mb']:.1f} |"
+            )
     return "\n".join(out) + "\n"
 
 
