@@ -476,12 +476,23 @@ def update_docs(results: dict[str, Any], doc: Path, docs_dir: Path) -> None:
             END_MARK,
         ]
     )
+    start, end = marks(rtt)
+    if rtt:
+        block = block.replace(START_MARK, start, 1).replace(END_MARK, end, 1)
     text = doc.read_text() if doc.exists() else f"# Benchmark\n\n{START_MARK}\n{END_MARK}\n"
-    if START_MARK not in text or END_MARK not in text:
-        text += f"\n{START_MARK}\n{END_MARK}\n"
-    head, _, rest = text.partition(START_MARK)
-    _, _, tail = rest.partition(END_MARK)
+    if start not in text or end not in text:
+        heading = f"\n## Results with the database {rtt:g} ms away\n" if rtt else ""
+        text += f"{heading}\n{start}\n{end}\n"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
     doc.write_text(head + block + tail)
+
+
+def marks(rtt: float) -> tuple[str, str]:
+    """The markers of a run's section: loopback runs share one, each --rtt its own."""
+    if not rtt:
+        return START_MARK, END_MARK
+    return f"<!-- bench:results:rtt{rtt:g}ms:start -->", f"<!-- bench:results:rtt{rtt:g}ms:end -->"
 
 
 def main(argv: list[str]) -> int:
