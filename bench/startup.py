@@ -1,11 +1,15 @@
 """What djpool costs outside the pool's real work: interpreter start, and one checkout+checkin.
 
 (a) Interpreter start: ``python -c pass`` many times, interleaved, bare and
-    with the shim on PYTHONPATH (without DATABASE_URL the shim only runs the
-    app's own sitecustomize; with it, it validates the config and registers
-    the import hook). Also the first import of Django's PostgreSQL backend,
-    where the patch is applied (and SQLAlchemy imported), with and without
-    the shim. Medians in milliseconds.
+    with the shim on PYTHONPATH (without DATABASE_URL, or with POOL_DISABLED=1,
+    the shim only runs the app's own sitecustomize; with DATABASE_URL it also
+    registers the import hook, and nothing else). Also the first import of
+    Django's PostgreSQL backend, where djpool checks its config, imports
+    SQLAlchemy and applies the patch, with and without the shim, and that
+    import timed inside one process once SQLAlchemy is imported (what the
+    patch adds beyond SQLAlchemy's own import). Medians in milliseconds; the
+    targets are medians of paired differences, wall time with CPU time as
+    a cross-check. Then memory per gunicorn worker (bench/memory.py).
 (b) Per request: one process loops over what a request does with the
     database (close_old_connections, one ``SELECT 1``, close_old_connections)
     with the shim (CONN_MAX_AGE=0: checkout + checkin every request) and with
@@ -14,7 +18,7 @@
     it: the persistent connection plus one ``DISCARD ALL`` (the reset's round
     trip alone), and no pooling at all (a new TLS + SCRAM connection each time).
 
-    .venv/bench/bin/python bench/startup.py [--quick] [--json]
+    .venv/bench/bin/python bench/startup.py [--quick] [--json] [--no-memory] [--tree TREE]
 
 It starts its own throwaway PostgreSQL (TLS, scram-sha-256) on 127.0.0.1.
 """
