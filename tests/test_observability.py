@@ -612,3 +612,58 @@ def _closed_port() -> int:
     from support.procs import free_port
 
     return free_port()
+
+
+# -- on the emulated platform: a built slug, a web dyno, heroku run ----------------------------
+
+
+@pytest.fixture(scope="module")
+def built_app(small_pg: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The sample app built with the buildpack and released against ``small_pg``."""
+    from support.heroku import HerokuApp
+
+    config = {"WEB_CONCURRENCY": "2", "POOL_SIZE": "2", "POOL_METRICS_INTERVAL": "1"}
+    app = HerokuApp(
+        [REPO / "tests" / "app", REPO / "tests" / "buildpack_apps" / "base"],
+        tmp_path_factory.mktemp("heroku") / "observed",
+        config,
+    )
+    build = app.build()
+    assert build.ok, build.log
+    release = app.release(env={"DATABASE_URL": small_pg.url(sslmode="require")})
+    assert release.returncode == 0, release.stderr
+    return app
+
+
+@pytest.mark.timeout(600)
+def test_on_a_dyno_lines_name_the_dyno_and_heroku_run_doctor_judges_the_formation(
+    built_app, small_pg
+):
+    url = small_pg.url(sslmode="require")
+    web = built_app.start("web", env={"DATABASE_URL": url})
+    try:
+        for _ in range(10):
+            assert web.get("/items/", timeout=REQUEST_TIMEOUT)[0] == 200
+
+        def reported() -> list[dict[str, Any]] | None:
+            lines = metric_lines(web.log_text())
+            return lines if total(lines, "count#djpool.checkouts") >= 10 else None
+
+        lines = wait_until(reported, timeout=60, message="metrics lines of web.1")
+        workers = {str(pid) for pid in web.worker_pids()}
+        assert {line["source"] for line in lines} == {"web.1"}, lines
+        assert {line["pid"] for line in lines} <= workers, (lines, workers)
+        assert all(line["sample#djpool.size"] == 2 for line in lines), lines
+    finally:
+        web.stop()
+    # 2 web dynos x WEB_CONCURRENCY 2 x POOL_SIZE 2 = 8 of 17; 5 dynos: 20 > 17.
+    fits = built_app.run("python -m djpool doctor --dynos 2", env={"DATABASE_URL": url})
+    assert fits.returncode == 0, fits
+    assert "POOL_METRICS_INTERVAL=1s" in fits.stdout, fits.stdout
+    assert "WEB_CONCURRENCY=2 (from the environment)" in fits.stdout, fits.stdout
+    assert "fits: at most 8 of the 17 connections" in fits.stdout, fits.stdout
+    too_many = built_app.run("python -m djpool doctor --dynos 5", env={"DATABASE_URL": url})
+    assert too_many.returncode == 1, too_many
+    assert " !     With these settings 4 web dynos fit." in too_many.stdout, too_many.stdout
+    assert " !     To run this formation: heroku config:set POOL_SIZE=1" in too_many.stdout
+    assert small_pg.password_of("app") not in fits.stdout + fits.stderr + too_many.stdout
