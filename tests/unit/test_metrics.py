@@ -228,3 +228,28 @@ def test_events_are_rate_limited_per_kind_and_pool(
         "djpool: event=server_closed_connection source=web.3 alias=default "
         'desc="a pooled connection was closed by the server; replaced at checkout"',
     ]
+
+
+# -- POOL_METRICS_INTERVAL and DYNO, read by config (the one home of their rules) ------------
+
+
+def test_the_interval_defaults_to_a_minute_and_zero_turns_the_lines_off() -> None:
+    from djpool import config
+
+    assert config.metrics_settings({}) == config.MetricsSettings(60, None)
+    assert config.metrics_settings({"POOL_METRICS_INTERVAL": " 0 ", "DYNO": "web.2"}) == (
+        config.MetricsSettings(0, "web.2")
+    )
+    assert config.metrics_settings({"POOL_METRICS_INTERVAL": "", "DYNO": " "}).dyno is None
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5", "86401", "1e3"])
+def test_a_bad_interval_is_one_line_naming_it_and_what_is_allowed(value: str) -> None:
+    from djpool import check, config
+
+    with pytest.raises(config.ConfigError) as raised:
+        config.metrics_settings({"POOL_METRICS_INTERVAL": value})
+    assert str(raised.value) == (
+        f"POOL_METRICS_INTERVAL={value!r} is not valid: expected a whole number from 0 to 86400"
+    )
+    assert check.main({"POOL_METRICS_INTERVAL": value}) == 1  # the build fails on it too
