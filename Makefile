@@ -30,10 +30,13 @@ LINT_BIN = .venv/lint/bin
 
 .PHONY: setup unit-setup lint-setup lint lint-ruff lint-format lint-mypy lint-shellcheck lint-shfmt \
 	lint-functions \
-	format unit test demo django-suite
+	format unit test demo django-suite test-stacks test-pg17 django-suite-py314
 
+# The default suite runs the runtime tests on Python 3.14 too (DJPOOL_TEST_STACKS,
+# tests/support/stacks.py): the forky root filesystem is part of the setup.
 setup:
 	bash tests/setup_env.sh
+	bash tests/setup_chroots.sh forky
 
 unit-setup:
 	bash tests/setup_unit.sh
@@ -92,3 +95,25 @@ bench: setup
 bench-startup: setup
 	bash bench/setup.sh
 	.venv/bench/bin/python bench/startup.py
+
+# make test-stacks  runtime and fault suites (and the buildpack on Python 3.13/3.14) on
+#              every stack: Python 3.11, 3.13 and 3.14 (both root filesystems)
+test-stacks: setup
+	bash tests/setup_chroots.sh
+	DJPOOL_TEST_STACKS=all .venv/test/bin/pytest -q tests/test_runtime.py tests/test_faults.py \
+		tests/test_buildpack.py::test_an_app_on_a_newer_python_builds_and_pools $(PYTEST_ARGS)
+
+# make test-pg17  the runtime and fault suites against PostgreSQL 17 (trixie root filesystem)
+test-pg17: setup
+	bash tests/setup_chroots.sh
+	DJPOOL_TEST_PG=17 DJPOOL_TEST_STACKS=all .venv/test/bin/pytest -q tests/test_runtime.py \
+		tests/test_faults.py $(PYTEST_ARGS)
+
+# make django-suite-py314  Django's own suites on Python 3.14 + Django 6.1, both drivers:
+#              serially, then --parallel 2 with POOL_SIZE=2 (a small dyno's pool)
+django-suite-py314: setup
+	.venv/test/bin/python tests/django_suite.py --stacks py314-dj61-psycopg3 py314-dj61-psycopg2 \
+		--json build/django-suite/py314.json $(DJANGO_SUITE_ARGS)
+	.venv/test/bin/python tests/django_suite.py --stacks py314-dj61-psycopg3 py314-dj61-psycopg2 \
+		--parallel 2 --pool-size 2 --log-dir build/django-suite-p2 \
+		--json build/django-suite/py314-p2.json $(DJANGO_SUITE_ARGS)

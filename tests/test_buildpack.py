@@ -604,10 +604,16 @@ def test_the_apps_own_sqlalchemy_is_kept_and_pools(heroku_dir: Path, dynos, pg, 
 # -- today's Pythons: 3.14 (heroku/python's default) and 3.13 ------------------------
 
 
-@pytest.mark.parametrize(("chroot", "python", "variant", "django"), [
+NEWER_PYTHONS = [
     ("forky", "3.14", "django61", "6.1"),  # a new app today
     ("trixie", "3.13", None, "5.2"),
-])
+]
+# The root filesystems of the stacks DJPOOL_TEST_STACKS selects (by default forky's).
+SELECTED_CHROOTS = {stacks.chroot_of(stack) for stack in stacks.extra_stacks()}
+
+
+@pytest.mark.parametrize(("chroot", "python", "variant", "django"),
+                         [case for case in NEWER_PYTHONS if case[0] in SELECTED_CHROOTS])
 def test_an_app_on_a_newer_python_builds_and_pools(heroku_dir: Path, dynos, pg, appname: str,
                                                    database_url: str, chroot: str, python: str,
                                                    variant: str | None, django: str) -> None:

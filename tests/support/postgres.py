@@ -48,7 +48,6 @@ import pwd
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,6 +59,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from support import stacks
+from support.procs import free_port
 
 SUPERUSER = "postgres"
 SERVER_OS_USER = "postgres"
@@ -180,13 +180,6 @@ def application_name_for(nodeid: str, limit: int = 60) -> str:
 
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", name)) or (0,)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the server retries if it is taken meanwhile)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _default_parent_dir(other_user: bool) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from support import logs
+
 REPO = Path(__file__).resolve().parents[2]
 SHIM_DIR = REPO / "shim"
 APP_DIR = REPO / "tests" / "app"
@@ -126,7 +128,7 @@ class Result(NamedTuple):
 
     def djpool_lines(self) -> list[str]:
         """The lines the shim printed (they all start with ``djpool:``)."""
-        return [line for line in self.stderr.splitlines() if line.startswith("djpool:")]
+        return logs.djpool_lines(self.stderr)
 
 
 def venv_dir(stack: str) -> Path:
