@@ -2,7 +2,7 @@
 # Installs what the test suite needs on a fresh machine, and does nothing that
 # is already done:
 #   1. Debian packages that are missing: the PostgreSQL server (initdb),
-#      openssl, pip (apt-get update runs once, only if needed);
+#      openssl, PgBouncer, pip (apt-get update runs once, only if needed);
 #   2. uv, from PyPI with pip, into .venv/bootstrap (unless uv is on PATH);
 #   3. the virtualenvs, one per requirement list in tests/requirements/:
 #      .venv/test for the runner and .venv/stacks/<name> for each stack.
@@ -16,10 +16,12 @@ VENVS="${REPO}/.venv"
 REQUIREMENTS="${REPO}/tests/requirements"
 STACKS=(dj52-psycopg3 dj52-psycopg2 dj42-psycopg3 dj42-psycopg2)
 # Venvs with more than a stack has, each for its own tests, also under .venv/stacks/:
-# Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py).
+# Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py),
+# OpenTelemetry's API and SDK (tests/test_observability.py).
 EXTRA_VENVS=(
 	djsuite-dj52-psycopg3 djsuite-dj52-psycopg2 djsuite-dj42-psycopg3 djsuite-dj42-psycopg2
 	workers-dj52-psycopg3 workers-dj52-psycopg2
+	otel-dj52-psycopg3
 )
 
 
@@ -62,6 +64,8 @@ function system::ensure_packages() {
 	local missing=()
 	system::find_initdb >/dev/null 2>&1 || missing+=(postgresql)
 	command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+	# PgBouncer's package puts it in /usr/sbin, which is not on every PATH.
+	command -v pgbouncer >/dev/null 2>&1 || [[ -x /usr/sbin/pgbouncer ]] || missing+=(pgbouncer)
 	python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 	if ((${#missing[@]} == 0)); then
 		output::step "Debian packages: all there"
