@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -29,6 +26,8 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 from support.appserver import AppServer  # noqa: E402
+from support.pgbouncer import PgBouncer  # noqa: E402
+from support.pgbouncer import version as pgbouncer_version  # noqa: E402
 from support.postgres import PostgresServer, free_port  # noqa: E402
 from support.stacks import APP_DIR, SHIM_DIR  # noqa: E402
 
@@ -37,13 +36,13 @@ BENCH_VENV = REPO / ".venv" / "bench"
 BENCH_PYTHON = BENCH_VENV / "bin" / "python"
 SETTINGS_DIR = BENCH_DIR / "settings"
 WRK_SCRIPT = BENCH_DIR / "wrk_report.lua"
-PGBOUNCER_OS_USER = "postgres"
 
 __all__ = [
     "APP_DIR",
     "BENCH_PYTHON",
     "BenchApp",
     "DelayProxyProcess",
+    "BuildpackPgBouncer",
     "PgBouncer",
     "PostgresServer",
     "ConnectionSampler",
@@ -255,34 +254,20 @@ class ConnectionSampler:
 # -- PgBouncer as heroku-buildpack-pgbouncer runs it ----------------------------
 
 
-def _server_os_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
-    return pwd.getpwnam(PGBOUNCER_OS_USER)  # PostgresServer made it
-
-
-def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or (
-        "/usr/sbin/pgbouncer" if os.access("/usr/sbin/pgbouncer", os.X_OK) else None
-    )
-    if found is None:
-        raise FileNotFoundError(
-            "pgbouncer is missing: apt-get install -y pgbouncer (bench/setup.sh does it)"
-        )
-    return found
-
-
-class PgBouncer:
+class BuildpackPgBouncer(PgBouncer):
     """A local PgBouncer configured like heroku-buildpack-pgbouncer's gen-pgbouncer-conf.sh.
 
-    The settings and their defaults are the buildpack's (v0.18): listen on
-    127.0.0.1, clients authenticate with scram-sha-256 against a plain-text
-    auth_file, the server is reached with ``server_tls_sslmode = require``,
-    pool_mode transaction unless told otherwise, ``DISCARD ALL;`` as the reset
-    query in session mode, log_connections on. Differences, all forced by the
-    setting: a free port instead of 6000; ``max_prepared_statements`` is left
-    out (Debian's PgBouncer 1.18 predates it; 0, the buildpack's default,
-    is 1.18's behaviour); ``default_pool_size`` is passed in (the buildpack's
+    tests/support/pgbouncer.py's PgBouncer (Debian's binary in a temporary
+    directory, as the postgres user when root), with the buildpack's settings
+    and defaults (v0.18): listen on 127.0.0.1 with no TLS from the app (the
+    app is in the same dyno), clients authenticate with scram-sha-256
+    against a plain-text auth_file, the server is reached with
+    ``server_tls_sslmode = require``, pool_mode transaction unless told
+    otherwise, ``DISCARD ALL;`` as the reset query in session mode,
+    log_connections on. Differences, all forced by the setting: a free port
+    instead of 6000; ``max_prepared_statements`` is left out (Debian's
+    PgBouncer 1.18 predates it; 0, the buildpack's default, is 1.18's
+    behaviour); ``default_pool_size`` is passed in (the buildpack's
     PGBOUNCER_DEFAULT_POOL_SIZE, default 1) so the comparison can give
     PgBouncer the same server-connection budget as djpool.
     """
@@ -300,130 +285,33 @@ class PgBouncer:
         reserve_pool_size: int = 1,
         max_client_conn: int = 100,
     ) -> None:
-        self.server_host = server_host
-        self.server_port = server_port
-        self.databases = dict(databases)  # client-side name -> server database
+        super().__init__(
+            server_host=server_host,
+            server_port=server_port,
+            databases=databases,
+            users={user: password},
+            pool_mode=pool_mode,
+            default_pool_size=default_pool_size,
+            reserve_pool_size=reserve_pool_size,
+            max_client_conn=max_client_conn,
+            server_tls="require",
+            client_tls=False,
+            settings={
+                "server_tls_protocols": "secure",
+                "server_tls_ciphers": "HIGH:!ADH:!AECDH:!LOW:!EXP:!MD5:!3DES:!SRP:!PSK:@STRENGTH",
+                "server_reset_query": "DISCARD ALL;" if pool_mode == "session" else "",
+                "reserve_pool_timeout": 5.0,
+                "server_lifetime": 3600,
+                "server_idle_timeout": 600,
+                "ignore_startup_parameters": "",
+                "query_wait_timeout": 120,
+            },
+        )
         self.user = user
-        self.password = password
-        self.pool_mode = pool_mode
-        self.default_pool_size = default_pool_size
-        self.reserve_pool_size = reserve_pool_size
-        self.max_client_conn = max_client_conn
-        self.port = 0
-        self.dir = Path(tempfile.mkdtemp(prefix="djpool-bench-pgbouncer-"))
-        self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "pgbouncer.log"
-
-    def config_text(self) -> str:
-        reset = "DISCARD ALL;" if self.pool_mode == "session" else ""
-        lines = [
-            "[pgbouncer]",
-            "listen_addr = 127.0.0.1",
-            f"listen_port = {self.port}",
-            "unix_socket_dir =",
-            "auth_type = scram-sha-256",
-            f"auth_file = {self.dir / 'users.txt'}",
-            "server_tls_sslmode = require",
-            "server_tls_protocols = secure",
-            "server_tls_ciphers = HIGH:!ADH:!AECDH:!LOW:!EXP:!MD5:!3DES:!SRP:!PSK:@STRENGTH",
-            f"pool_mode = {self.pool_mode}",
-            f"server_reset_query = {reset}",
-            f"max_client_conn = {self.max_client_conn}",
-            f"default_pool_size = {self.default_pool_size}",
-            "min_pool_size = 0",
-            f"reserve_pool_size = {self.reserve_pool_size}",
-            "reserve_pool_timeout = 5.0",
-            "server_lifetime = 3600",
-            "server_idle_timeout = 600",
-            "log_connections = 1",
-            "log_disconnections = 1",
-            "log_pooler_errors = 1",
-            "stats_period = 60",
-            "ignore_startup_parameters =",
-            "query_wait_timeout = 120",
-            "",
-            "[databases]",
-        ]
-        for client_db, server_db in self.databases.items():
-            lines.append(
-                f"{client_db}= host={self.server_host} dbname={server_db} port={self.server_port}"
-            )
-        return "\n".join(lines) + "\n"
-
-    def start(self) -> PgBouncer:
-        """Write the config, start PgBouncer (as the postgres user when root) and wait for it."""
-        self.port = free_port()
-        owner = _server_os_user()
-        files = {
-            "pgbouncer.ini": self.config_text(),
-            "users.txt": f'"{self.user}" "{self.password}"\n',
-        }
-        for name, text in files.items():
-            path = self.dir / name
-            path.write_text(text)
-            os.chmod(path, 0o600)
-            if owner is not None:
-                os.chown(path, owner.pw_uid, owner.pw_gid)
-        if owner is not None:
-            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
-        command = [pgbouncer_binary(), str(self.dir / "pgbouncer.ini")]
-        # PgBouncer refuses to run as root. Popen switches user itself (no runuser in
-        # between), so the signals stop() sends reach PgBouncer and nothing outlives it.
-        as_user: dict[str, Any] = {}
-        if owner is not None:
-            as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **as_user,
-            )
-        _wait_listening(self.port, self.process, self.log_path)
-        return self
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(2)  # SIGINT: PgBouncer's "shut down now"
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def url(self, client_db: str) -> str:
+    def database_url(self, client_db: str) -> str:
         """The DATABASE_URL the buildpack gives the app: plain TCP to the local PgBouncer."""
-        return f"postgres://{self.user}:{self.password}@127.0.0.1:{self.port}/{client_db}"
-
-
-def _wait_listening(
-    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"process exited with {process.returncode}:\n"
-                f"{log.read_text(errors='replace')[-3000:]}"
-            )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"nothing listens on port {port} after {timeout:g} s:\n"
-                f"{log.read_text(errors='replace')[-3000:]}"
-            )
-        time.sleep(0.02)
+        return self.url(client_db, self.user)
 
 
 # -- the delay proxy -------------------------------------------------------------
@@ -512,10 +400,7 @@ def versions(server: PostgresServer) -> dict[str, Any]:
         ).stdout
     )
     found["postgresql"] = server.query("SHOW server_version")[0][0]
-    bouncer = subprocess.run(
-        [pgbouncer_binary(), "--version"], capture_output=True, text=True, timeout=30
-    ).stdout.splitlines()
-    found["pgbouncer"] = bouncer[0].split()[-1] if bouncer else "?"
+    found["pgbouncer"] = pgbouncer_version()
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=30)
     found["wrk"] = (wrk.stdout + wrk.stderr).split()[1] if (wrk.stdout + wrk.stderr) else "?"
     return found

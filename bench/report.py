@@ -300,6 +300,38 @@ def budget_table(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def scale_out_table(results: dict[str, Any]) -> str:
+    """bench/scaleout.py's results as a Markdown table, with the plan above it."""
+    scale_out = results.get("scale_out")
+    if not scale_out:
+        return ""
+    plan = scale_out["plan"]
+    out = [
+        f"{plan['dynos']} dynos x gunicorn {plan['workers']} x {plan['threads']} threads "
+        f"(POOL_SIZE={plan['pool_size']} where djpool runs), max_connections="
+        f"{plan['max_connections']} (17 for the app), PgBouncer default_pool_size="
+        f"{plan['pgbouncer_pool_size']}; one wrk per dyno, {plan['connections']} connections "
+        f"in all on {plan['path']} for {plan['seconds']:g} s, a new connection per request, "
+        "wrk timeout 5 s; p99 is the worst dyno's:\n",
+        "| setup | req/s | p99 ms | errors | requests | peak server conns "
+        "| server logins | PgBouncer logins | serves every request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in scale_out["rows"]:
+        if "failed" in row:
+            out.append(f"| {row['setup']} | – | – | – | – | – | – | – | no: {row['failed']} |")
+            continue
+        serves = (
+            "yes" if row["errors"] == 0 else f"no ({row['errors'] / row['attempts']:.0%} errors)"
+        )
+        out.append(
+            f"| {row['setup']} | {row['rps']:.0f} | {row['p99_ms']:.0f} | {row['errors']} | "
+            f"{row['attempts']} | {row['peak_connections']} | {row['server_logins']} | "
+            f"{row['pgbouncer_logins']} | {serves} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def startup_table(results: dict[str, Any]) -> str:
     startup = results.get("startup")
     if not startup:
@@ -406,6 +438,9 @@ def render(results: dict[str, Any]) -> str:
     budget = budget_table(results)
     if budget:
         parts += ["**Connection budget**\n", budget]
+    scale_out = scale_out_table(results)
+    if scale_out:
+        parts += ["**Connection budget, scaled out** (bench/scaleout.py)\n", scale_out]
     startup = startup_table(results)
     if startup:
         parts += ["**Startup and per-request overhead** (bench/startup.py)\n", startup]

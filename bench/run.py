@@ -9,7 +9,9 @@ after them (round_order), the others in a rotated order from round to round;
 the figures are medians over rounds, the ratios medians of each run against
 the g runs beside it. Then the connection-budget
 scenario: a server with max_connections=20 and an app with more threads than
-that. Timings are printed, never asserted.
+that, then the same server behind 6 dynos (bench/scaleout.py: no pool,
+djpool, PgBouncer, djpool through PgBouncer). Timings are printed, never
+asserted.
 
     .venv/bench/bin/python bench/run.py            # the full run (about 10 minutes)
     .venv/bench/bin/python bench/run.py --quick    # 1 short round, to try things
@@ -36,9 +38,9 @@ from typing import Any
 from harness import (
     APP_DIR,
     BenchApp,
+    BuildpackPgBouncer,
     ConnectionSampler,
     DelayProxyProcess,
-    PgBouncer,
     PostgresServer,
     app_env,
     bench_python,
@@ -181,9 +183,9 @@ class Deployment:
     ) -> None:
         self.stage = stage
         self.setup = setup
-        self.bouncer: PgBouncer | None = None
+        self.bouncer: BuildpackPgBouncer | None = None
         if setup.pgbouncer:
-            self.bouncer = PgBouncer(
+            self.bouncer = BuildpackPgBouncer(
                 server_host=stage.server.host,
                 server_port=stage.db_port,
                 databases={"db1": setup.database},
@@ -208,7 +210,7 @@ class Deployment:
     def start(self) -> Deployment:
         if self.bouncer is not None:
             self.bouncer.start()
-            url = self.bouncer.url("db1")
+            url = self.bouncer.database_url("db1")
         else:
             url = self.stage.direct_url(self.setup)
         self.app.env = app_env({"DATABASE_URL": url, **self.setup.env}, shim=self.setup.shim)
@@ -228,7 +230,7 @@ class Deployment:
     def stop(self) -> None:
         self.app.stop()
         if self.bouncer is not None:
-            self.bouncer.stop()
+            self.bouncer.close()
 
 
 # -- measuring -----------------------------------------------------------------------
@@ -478,6 +480,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--setups", default="", help="comma-separated subset, e.g. a,c,g")
     parser.add_argument("--workloads", default="items,items3")
     parser.add_argument("--no-budget", action="store_true", help="skip the connection budget")
+    parser.add_argument(
+        "--no-scale-out", action="store_true", help="skip the budget scaled out to 6 dynos"
+    )
     parser.add_argument("--no-startup", action="store_true", help="skip bench/startup.py")
     parser.add_argument(
         "--variant",
@@ -519,6 +524,16 @@ def main(argv: list[str]) -> int:
             flush=True,
         )
         budget = run_budget(plan, setups)
+    scale_out = None
+    if not args.no_budget and not args.no_scale_out:
+        import scaleout
+
+        print(
+            f"-----> Connection budget scaled out: {scaleout.DYNOS} dynos, "
+            f"max_connections={scaleout.MAX_CONNECTIONS} (bench/scaleout.py)",
+            flush=True,
+        )
+        scale_out = scaleout.run_scale_out(plan.budget_seconds, plan.warmup, plan.rtt_ms)
     startup = None
     if not args.no_startup:
         print("-----> Startup and per-request overhead (bench/startup.py)", flush=True)
@@ -533,6 +548,7 @@ def main(argv: list[str]) -> int:
         "machine": where,
         "setups": {setup.key: setup.label for setup in setups},
         "budget": budget,
+        "scale_out": scale_out,
         "startup": startup,
         "elapsed_s": round(time.monotonic() - started, 1),
         **main_results,
