@@ -12,11 +12,12 @@ tiny, standard-library only and harmless:
    heroku/python's PYTHONHOME exported), and POOL_DISABLED is not true;
    with DJPOOL_DEBUG true, say which of these stopped it;
 3. put djpool (../lib) and its private dependencies (../vendor) at the END
-   of sys.path, so the app's own packages always win, and hand over to
-   ``djpool.startup``, which only registers the import hook. The rest (the
-   configuration's checks, the start-up line, SQLAlchemy, the patch) waits
-   until Django's PostgreSQL backend is first imported: a process that never
-   touches Django pays about nothing (docs/benchmark.md: under 1 ms).
+   of sys.path, so the app's own packages always win, and register the
+   import hook (``djpool.importhook``) that hands over to
+   ``djpool.startup.activate``. The rest (the configuration's checks, the
+   start-up line, SQLAlchemy, the patch) waits until Django's PostgreSQL
+   backend is first imported: a process that never touches Django pays
+   about nothing (docs/benchmark.md: under 1 ms).
 
 It never raises: a failure is one ``djpool:`` line on stderr and the process
 carries on unpooled.
@@ -28,10 +29,14 @@ import sys
 TYPE_CHECKING = False  # typing's flag, without importing typing at interpreter start
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from types import ModuleType
 
 # djpool.log.PREFIX (a unit test keeps them equal). A copy, because the shim
 # must be able to say why djpool did not load when djpool cannot be imported.
 PREFIX = "djpool: "
+# djpool.startup.TARGET_MODULE (a unit test keeps them equal): the shim registers
+# the hook itself, so djpool.startup is imported only when the backend is.
+TARGET_MODULE = "django.db.backends.postgresql.base"
 
 
 def _say(message: str) -> None:
@@ -129,9 +134,14 @@ def main(environ: "Mapping[str, str]", here: str) -> None:
     for extra in (lib, os.path.join(root, "vendor")):
         if os.path.isdir(extra) and extra not in sys.path:
             sys.path.append(extra)
-    from djpool import startup
+    from djpool.importhook import when_imported
 
-    startup.start(environ)
+    def activate(module: "ModuleType") -> None:
+        from djpool import startup  # only now: a process that never imports Django never needs it
+
+        startup.activate(module, environ)
+
+    when_imported(TARGET_MODULE, activate)
 
 
 if __name__ == "sitecustomize":  # site imports it so; a test may load it under another name

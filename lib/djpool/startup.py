@@ -1,16 +1,17 @@
-"""What the shim runs once it decided to load djpool: the import hook now, the rest later.
+"""What djpool does once Django's PostgreSQL backend is imported: config, patch, one line.
 
-At interpreter start (``start``) djpool only registers a post-import hook on
-Django's PostgreSQL backend: every Python process of the app runs this, and
-most of them (scripts, tools, ``python -c``) never touch Django. Everything
-else happens in ``activate``, the moment that backend is first imported:
-the dependencies are looked for, the configuration is read and validated,
-SQLAlchemy is imported, the patch applied and the one start-up line written.
-Bad configuration ends there in one ``djpool:`` line and an unpooled
-process, never in an exception.
+At interpreter start the shim only registers a post-import hook on that
+backend (``djpool.importhook``): every Python process of the app runs the
+shim, and most of them (scripts, tools, ``python -c``) never touch Django.
+``activate`` runs the moment the backend is first imported: the
+dependencies are looked for, the configuration is read and validated,
+SQLAlchemy is imported, the patch applied and the one start-up line
+written. Bad configuration ends there in one ``djpool:`` line and an
+unpooled process, never in an exception. ``start`` registers the same hook
+for callers other than the shim.
 
-Imported at every interpreter start: no ``typing``, no ``__future__``,
-annotations as strings, everything else imported inside the functions.
+No ``typing`` or ``__future__`` here (annotations as strings), everything
+else imported inside the functions: cheap to import wherever it is.
 """
 
 import sys

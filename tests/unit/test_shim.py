@@ -20,6 +20,12 @@ def test_the_shim_and_djpool_share_the_prefix(shim: ModuleType) -> None:
     assert shim.PREFIX == log.PREFIX
 
 
+def test_the_shim_hooks_the_module_djpool_patches(shim: ModuleType) -> None:
+    from djpool import startup
+
+    assert shim.TARGET_MODULE == startup.TARGET_MODULE
+
+
 def test_it_loads_with_a_url_in_this_interpreter(shim: ModuleType) -> None:
     assert shim.why_not({"DATABASE_URL": URL}, str(LIB)) is None
     assert shim.why_not({"DATABASE_URL": URL, "POOL_DISABLED": "off"}, str(LIB)) is None
