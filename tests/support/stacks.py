@@ -41,6 +41,7 @@ EXTRA_VENVS: tuple[str, ...] = (
     "djsuite-dj42-psycopg2",
     "workers-dj52-psycopg3",
     "workers-dj52-psycopg2",
+    "otel-dj52-psycopg3",
 )
 
 # Stacks whose Python runs inside a chroot (tests/setup_chroots.sh), by chroot:
