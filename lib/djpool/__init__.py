@@ -24,8 +24,6 @@ Importing this package imports nothing else: the shim's start-up cost stays
 in the modules it needs.
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"
 
 
