@@ -47,31 +47,54 @@ class Setup:
 
 SETUPS: tuple[Setup, ...] = (
     Setup("a", "no pooling (CONN_MAX_AGE=0)", env={"APP_CONN_MAX_AGE": "0"}),
-    Setup("b", "persistent, Heroku template (CONN_MAX_AGE=600, health checks)",
-          env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"}),
-    Setup("c", "djpool, default config (shim, CONN_MAX_AGE=0)", shim=True,
-          env={"APP_CONN_MAX_AGE": "0"}),
+    Setup(
+        "b",
+        "persistent, Heroku template (CONN_MAX_AGE=600, health checks)",
+        env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"},
+    ),
+    Setup(
+        "c",
+        "djpool, default config (shim, CONN_MAX_AGE=0)",
+        shim=True,
+        env={"APP_CONN_MAX_AGE": "0"},
+    ),
     # The app of b with heroku-buildpack-pgbouncer added: its client connections to the
     # local PgBouncer persist (with CONN_MAX_AGE=0 every request would pay a SCRAM login
     # to PgBouncer, as slow as setup a; see docs/benchmark.md).
-    Setup("d-sess", "PgBouncer session mode (buildpack config, app as b)", pgbouncer="session",
-          env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"}),
-    Setup("d-txn", "PgBouncer transaction mode (buildpack config, app as b)",
-          pgbouncer="transaction",
-          env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"}),
-    Setup("e", "Django native pool (psycopg_pool, OPTIONS['pool']=True)",
-          env={"APP_CONN_MAX_AGE": "0", "BENCH_DB_OPTIONS": '{"pool": true}'}),
-    Setup("f", "django-db-connection-pool (defaults)",
-          env={"APP_CONN_MAX_AGE": "0", "BENCH_DB_ENGINE": "dj_db_conn_pool.backends.postgresql"}),
-    Setup("g", "ceiling: one connection per thread, never checked or closed",
-          env={"BENCH_CONN_MAX_AGE": "none"}),
+    Setup(
+        "d-sess",
+        "PgBouncer session mode (buildpack config, app as b)",
+        pgbouncer="session",
+        env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"},
+    ),
+    Setup(
+        "d-txn",
+        "PgBouncer transaction mode (buildpack config, app as b)",
+        pgbouncer="transaction",
+        env={"APP_CONN_MAX_AGE": "600", "APP_CONN_HEALTH_CHECKS": "1"},
+    ),
+    Setup(
+        "e",
+        "Django native pool (psycopg_pool, OPTIONS['pool']=True)",
+        env={"APP_CONN_MAX_AGE": "0", "BENCH_DB_OPTIONS": '{"pool": true}'},
+    ),
+    Setup(
+        "f",
+        "django-db-connection-pool (defaults)",
+        env={"APP_CONN_MAX_AGE": "0", "BENCH_DB_ENGINE": "dj_db_conn_pool.backends.postgresql"},
+    ),
+    Setup(
+        "g",
+        "ceiling: one connection per thread, never checked or closed",
+        env={"BENCH_CONN_MAX_AGE": "none"},
+    ),
 )
 
 BY_KEY = {setup.key: setup for setup in SETUPS}
 CEILING = "g"  # the setup every other one is measured against
 
 WORKLOADS: dict[str, str] = {
-    "items": "/items/",    # one indexed query
+    "items": "/items/",  # one indexed query
     "items3": "/items3/",  # three indexed queries in transaction.atomic()
 }
 
@@ -91,8 +114,7 @@ def select(keys: str | None) -> list[Setup]:
     wanted = [key.strip() for key in keys.split(",") if key.strip()]
     unknown = [key for key in wanted if key not in BY_KEY]
     if unknown:
-        raise SystemExit(f"unknown setup(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(BY_KEY)}")
+        raise SystemExit(f"unknown setup(s) {', '.join(unknown)}; known: {', '.join(BY_KEY)}")
     return [BY_KEY[key] for key in wanted]
 
 
@@ -101,5 +123,6 @@ def variant_of_c(spec: str) -> Setup:
     name, _, tree = spec.partition("=")
     if not name or not tree or not (Path(tree) / "shim").is_dir():
         raise SystemExit(f"--variant wants NAME=TREE with TREE/shim a directory, not {spec!r}")
-    return replace(BY_KEY["c"], key=f"c+{name}", label=f"djpool + {name}",
-                   shim=Path(tree).resolve() / "shim")
+    return replace(
+        BY_KEY["c"], key=f"c+{name}", label=f"djpool + {name}", shim=Path(tree).resolve() / "shim"
+    )

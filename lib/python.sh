@@ -78,16 +78,17 @@ function python::pip() {
 		return 0
 	fi
 	local bundled
-	bundled="$("${python}" - <<-'PY' 2>/dev/null || true
-		import glob, os
-		try:
-		    import ensurepip
-		except ImportError:
-		    raise SystemExit(0)
-		wheels = sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")))
-		if wheels:
-		    print(wheels[-1])
-	PY
+	bundled="$(
+		"${python}" - <<-'PY' 2>/dev/null || true
+			import glob, os
+			try:
+			    import ensurepip
+			except ImportError:
+			    raise SystemExit(0)
+			wheels = sorted(glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "pip-*.whl")))
+			if wheels:
+			    print(wheels[-1])
+		PY
 	)"
 	if [[ -z "${bundled}" ]]; then
 		failure::abort <<-EOF

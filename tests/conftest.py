@@ -50,17 +50,27 @@ def database_url(pg: PostgresServer, appname: str) -> str:
 @pytest.fixture(scope="session")
 def migrated(pg: PostgresServer) -> None:
     """The sample app's schema, made by its own migrations, plus SEEDED_ITEMS items."""
-    env = {"DATABASE_URL": pg.url(APP_DATABASE, APP_ROLE, sslmode="require",
-                                  application_name="migrate")}
-    stacks.check(stacks.run_manage(stacks.DEFAULT_STACK, "migrate", "--no-input",
-                                   env=env, shim=False), "manage.py migrate")
-    stacks.check(stacks.run_manage(stacks.DEFAULT_STACK, "seed_items", str(SEEDED_ITEMS),
-                                   env=env, shim=False), "manage.py seed_items")
+    env = {
+        "DATABASE_URL": pg.url(
+            APP_DATABASE, APP_ROLE, sslmode="require", application_name="migrate"
+        )
+    }
+    stacks.check(
+        stacks.run_manage(stacks.DEFAULT_STACK, "migrate", "--no-input", env=env, shim=False),
+        "manage.py migrate",
+    )
+    stacks.check(
+        stacks.run_manage(
+            stacks.DEFAULT_STACK, "seed_items", str(SEEDED_ITEMS), env=env, shim=False
+        ),
+        "manage.py seed_items",
+    )
 
 
 @pytest.fixture
-def start_app(request: pytest.FixtureRequest, pg: PostgresServer, migrated: None,
-              database_url: str, tmp_path) -> Iterator[Callable[..., AppServer]]:
+def start_app(
+    request: pytest.FixtureRequest, pg: PostgresServer, migrated: None, database_url: str, tmp_path
+) -> Iterator[Callable[..., AppServer]]:
     """``start_app(stack=DEFAULT_STACK, env=None, *, shim=True, **AppServer options)``.
 
     DATABASE_URL defaults to ``database_url`` (this test's application_name);
@@ -68,11 +78,13 @@ def start_app(request: pytest.FixtureRequest, pg: PostgresServer, migrated: None
     """
     servers = AppServers(request.node)
 
-    def start(stack: str = stacks.DEFAULT_STACK, env: dict[str, str] | None = None,
-              **options) -> AppServer:
+    def start(
+        stack: str = stacks.DEFAULT_STACK, env: dict[str, str] | None = None, **options
+    ) -> AppServer:
         options.setdefault("log_dir", tmp_path)
-        return servers.start(AppServer(stack, {"DATABASE_URL": database_url, **(env or {})},
-                                       **options))
+        return servers.start(
+            AppServer(stack, {"DATABASE_URL": database_url, **(env or {})}, **options)
+        )
 
     yield start
     servers.stop_all()

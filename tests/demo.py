@@ -111,13 +111,16 @@ def drive(port: int, seconds: float, clients: int) -> tuple[int, int, list[float
 
 def run_side(app: HerokuApp, pg: PostgresServer, name: str, extra: dict[str, str]) -> Side:
     application_name = f"demo-{name}-{secrets.token_hex(3)}"
-    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=application_name),
-           **extra}
+    env = {"DATABASE_URL": pg.url(sslmode="require", application_name=application_name), **extra}
     step(f"{name}: booting web.1 ({', '.join(f'{k}={v}' for k, v in {**CONFIG, **extra}.items())})")
     with app.start("web", env=env) as web:
         workers = int(CONFIG["WEB_CONCURRENCY"])
-        wait_until(lambda: len(web.worker_pids()) >= workers, timeout=30, interval=0.05,
-                   message=f"{workers} gunicorn workers")
+        wait_until(
+            lambda: len(web.worker_pids()) >= workers,
+            timeout=30,
+            interval=0.05,
+            message=f"{workers} gunicorn workers",
+        )
         djpool = djpool_lines(web.log_text())
         detail(djpool[0] if djpool else "(no djpool line: unpooled)")
         web.get("/items/")  # warm up: the first request imports the views
@@ -161,8 +164,10 @@ def report(sides: list[Side]) -> None:
     if pooled.requests and unpooled.requests:
         print()
         speedup = (pooled.requests / pooled.seconds) / (unpooled.requests / unpooled.seconds)
-        print(f"Pooled: {speedup:.1f}x the requests per second; server logins "
-              f"(each one TCP + TLS + SCRAM) {unpooled.opened:,} -> {pooled.opened:,}.")
+        print(
+            f"Pooled: {speedup:.1f}x the requests per second; server logins "
+            f"(each one TCP + TLS + SCRAM) {unpooled.opened:,} -> {pooled.opened:,}."
+        )
 
 
 def main() -> int:
@@ -175,8 +180,11 @@ def main() -> int:
             detail(f"listening on 127.0.0.1:{pg.port}")
 
             step("Building the sample app with heroku/python (stand-in) and djpool")
-            app = HerokuApp([REPO / "tests" / "app", REPO / "tests" / "buildpack_apps" / "base"],
-                            workdir, CONFIG)
+            app = HerokuApp(
+                [REPO / "tests" / "app", REPO / "tests" / "buildpack_apps" / "base"],
+                workdir,
+                CONFIG,
+            )
             build = app.build()
             for line in build.log.splitlines():
                 print("    " + line)
@@ -190,14 +198,17 @@ def main() -> int:
             if release.returncode != 0:
                 print(release.stdout + release.stderr, file=sys.stderr)
                 return 1
-            seeded = app.run(f"python manage.py seed_items {ITEMS}",
-                             env={"DATABASE_URL": admin_url})
+            seeded = app.run(
+                f"python manage.py seed_items {ITEMS}", env={"DATABASE_URL": admin_url}
+            )
             if seeded.returncode != 0:
                 print(seeded.stdout + seeded.stderr, file=sys.stderr)
                 return 1
 
-            sides = [run_side(app, pg, "unpooled", {"POOL_DISABLED": "1"}),
-                     run_side(app, pg, "pooled", {})]
+            sides = [
+                run_side(app, pg, "unpooled", {"POOL_DISABLED": "1"}),
+                run_side(app, pg, "pooled", {}),
+            ]
             report(sides)
         return 0
     finally:

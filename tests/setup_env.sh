@@ -24,7 +24,6 @@ EXTRA_VENVS=(
 	otel-dj52-psycopg3
 )
 
-
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 # The buildpack's output vocabulary (-----> steps, detail, " !     " errors on stderr).

@@ -103,8 +103,9 @@ def base_app(heroku_dir: Path, pg) -> HerokuApp:
     app = HerokuApp(sources(), heroku_dir / "base", BASE_CONFIG)
     build = app.build()
     assert build.ok, build.log
-    release = app.release(env={"DATABASE_URL": pg.url(sslmode="require",
-                                                       application_name="buildpack-release")})
+    release = app.release(
+        env={"DATABASE_URL": pg.url(sslmode="require", application_name="buildpack-release")}
+    )
     app.release_result = release  # type: ignore[attr-defined]
     return app
 
@@ -127,8 +128,9 @@ def dynos():
 # -- detect and release --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("marker", ["requirements.txt", "pyproject.toml", "Pipfile",
-                                    ".heroku/python"])
+@pytest.mark.parametrize(
+    "marker", ["requirements.txt", "pyproject.toml", "Pipfile", ".heroku/python"]
+)
 def test_detect_passes_for_a_python_app(tmp_path: Path, marker: str) -> None:
     path = tmp_path / marker
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,15 +190,19 @@ def test_python_is_installed_as_heroku_python_installs_it(base_app: HerokuApp) -
     code = "import os, sys; print(sys.prefix, sys.executable, os.environ['PYTHONHOME'])"
     done = base_app.run(f"python -c {shlex.quote(code)}")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(python_home), str(python_home / "bin" / "python"),
-                                   str(python_home)]
+    assert done.stdout.split() == [
+        str(python_home),
+        str(python_home / "bin" / "python"),
+        str(python_home),
+    ]
 
 
 def test_slug_names_no_build_dir(base_app: HerokuApp) -> None:
     build_dir = str(base_app.builds[-1].build_dir)
     assert build_dir != str(base_app.runtime_dir)
-    found = subprocess.run(["grep", "-rlF", build_dir, str(base_app.runtime_dir)],
-                           capture_output=True, text=True)
+    found = subprocess.run(
+        ["grep", "-rlF", build_dir, str(base_app.runtime_dir)], capture_output=True, text=True
+    )
     assert found.returncode == 1, f"files naming {build_dir}:\n{found.stdout}"
     # Bytecode writing was on during the build (Heroku does not turn it off),
     # and every module of .djpool has bytecode that records its runtime path.
@@ -215,24 +221,29 @@ def test_invalid_pool_size_fails_the_build(heroku_dir: Path) -> None:
     build = app.build()
     assert not build.ok
     assert " !     Error: a djpool config var is not valid." in build.stderr
-    assert (" !     POOL_SIZE='abc' is not valid: expected a whole number from 1 to 1000"
-            in build.stderr)
+    assert (
+        " !     POOL_SIZE='abc' is not valid: expected a whole number from 1 to 1000"
+        in build.stderr
+    )
     assert "POOL_SIZE" not in build.stdout.split("Checking the POOL_* config vars")[1]
     assert not (app.runtime_dir / ".djpool").exists()
 
 
-def test_pool_disabled_at_build_time_installs_but_does_not_pool(base_app: HerokuApp,
-                                                                heroku_dir: Path,
-                                                                database_url: str) -> None:
-    app = HerokuApp(sources(), heroku_dir / "disabled", {"POOL_DISABLED": "true"},
-                    cache_dir=base_app.cache_dir)
+def test_pool_disabled_at_build_time_installs_but_does_not_pool(
+    base_app: HerokuApp, heroku_dir: Path, database_url: str
+) -> None:
+    app = HerokuApp(
+        sources(), heroku_dir / "disabled", {"POOL_DISABLED": "true"}, cache_dir=base_app.cache_dir
+    )
     build = app.build()
     assert build.ok, build.log
     assert "djpool is installed; POOL_DISABLED is set, so the app runs unpooled" in build.stdout
     assert (app.runtime_dir / ".djpool" / "shim" / "sitecustomize.py").is_file()
-    code = ("from django.db import connection\n"
-            "with connection.cursor() as c: c.execute('SELECT 1')\n"
-            "import sys; print('djpool' in sys.modules)")
+    code = (
+        "from django.db import connection\n"
+        "with connection.cursor() as c: c.execute('SELECT 1')\n"
+        "import sys; print('djpool' in sys.modules)"
+    )
     done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     assert last_line(done.stdout) == "False"
@@ -248,8 +259,9 @@ def test_missing_python_fails_the_build(heroku_dir: Path) -> None:
     assert "Internal error" not in build.stderr
 
 
-def test_recompile_with_a_warm_cache_downloads_nothing(base_app: HerokuApp,
-                                                       heroku_dir: Path, pg) -> None:
+def test_recompile_with_a_warm_cache_downloads_nothing(
+    base_app: HerokuApp, heroku_dir: Path, pg
+) -> None:
     """A second app on the first one's build cache, built with every index unreachable."""
     wheels = base_app.cache_dir / "djpool" / "wheels"
     before = {path.name: path.stat().st_mtime_ns for path in wheels.iterdir()}
@@ -260,25 +272,30 @@ def test_recompile_with_a_warm_cache_downloads_nothing(base_app: HerokuApp,
     assert build.stdout.count("Installed from the build cache, nothing downloaded") == 2
     assert "Downloading" not in build.stdout
     assert {path.name: path.stat().st_mtime_ns for path in wheels.iterdir()} == before
-    done = app.run("python -c 'import os, sqlalchemy; print(os.environ[\"PYTHONPATH\"]); "
-                   "print(sqlalchemy.__version__)'",
-                   env={"DATABASE_URL": pg.url(sslmode="require")})
+    done = app.run(
+        'python -c \'import os, sqlalchemy; print(os.environ["PYTHONPATH"]); '
+        "print(sqlalchemy.__version__)'",
+        env={"DATABASE_URL": pg.url(sslmode="require")},
+    )
     assert done.returncode == 0, done.stderr
     runtime = app.runtime_dir
     assert done.stdout.split() == [f"{runtime}/.djpool/shim:{runtime}", "2.1.9"]
 
 
-def test_heroku_ci_build_in_the_app_dir_itself(base_app: HerokuApp, heroku_dir: Path,
-                                              database_url: str) -> None:
+def test_heroku_ci_build_in_the_app_dir_itself(
+    base_app: HerokuApp, heroku_dir: Path, database_url: str
+) -> None:
     """Heroku CI builds in /app, so there the build dir is the runtime dir."""
     app = HerokuApp(sources(), heroku_dir / "ci", BASE_CONFIG, cache_dir=base_app.cache_dir)
     build = app.build(in_place=True)
     assert build.ok, build.log
     assert build.build_dir == app.runtime_dir
-    code = ("from django.db import connection\n"
-            "with connection.cursor() as c: c.execute('SELECT 1')\n"
-            "from djpool import startup\n"
-            "print('patched', startup.registry() is not None)")
+    code = (
+        "from django.db import connection\n"
+        "with connection.cursor() as c: c.execute('SELECT 1')\n"
+        "from djpool import startup\n"
+        "print('patched', startup.registry() is not None)"
+    )
     done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     assert last_line(done.stdout) == "patched True"
@@ -286,19 +303,48 @@ def test_heroku_ci_build_in_the_app_dir_itself(base_app: HerokuApp, heroku_dir: 
 
 # What Heroku gives a buildpack (STACK, HOME, PATH), what heroku/python's export
 # file sets, and what bash itself sets. Nothing else may reach a build.
-BUILD_ENV = {"STACK", "HOME", "PATH", "PIP_DISABLE_PIP_VERSION_CHECK", "PYTHONUNBUFFERED",
-             "PYTHONHOME", "LIBRARY_PATH", "LD_LIBRARY_PATH", "LANG", "PYTHONPATH"}
+BUILD_ENV = {
+    "STACK",
+    "HOME",
+    "PATH",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PYTHONUNBUFFERED",
+    "PYTHONHOME",
+    "LIBRARY_PATH",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "PYTHONPATH",
+}
 # A dyno: Heroku's dyno variables, the config vars, then .profile.d (heroku/python's
 # python.sh and python.gunicorn.sh, djpool's djpool.sh).
-DYNO_ENV = {"HOME", "PATH", "DYNO", "PORT", "PIP_DISABLE_PIP_VERSION_CHECK",
-            "PYTHONUNBUFFERED", "PYTHONHOME", "LIBRARY_PATH", "LD_LIBRARY_PATH", "LANG",
-            "PYTHONPATH", "FORWARDED_ALLOW_IPS", "GUNICORN_CMD_ARGS", "DJPOOL_PYTHON_PREFIX"}
+DYNO_ENV = {
+    "HOME",
+    "PATH",
+    "DYNO",
+    "PORT",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PYTHONUNBUFFERED",
+    "PYTHONHOME",
+    "LIBRARY_PATH",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "PYTHONPATH",
+    "FORWARDED_ALLOW_IPS",
+    "GUNICORN_CMD_ARGS",
+    "DJPOOL_PYTHON_PREFIX",
+}
 BASH_OWN = {"PWD", "OLDPWD", "SHLVL", "_"}
 RUNNER_ONLY = {
-    "PYTHONDONTWRITEBYTECODE": "1", "PIP_INDEX_URL": "http://leak.invalid/simple",
-    "PIP_FIND_LINKS": "/leak", "VIRTUAL_ENV": "/leak", "PYTHONPATH": "/leak",
-    "PYTHONHOME": "/leak", "PYTHONSTARTUP": "/leak", "http_proxy": "http://leak.invalid:9",
-    "HTTPS_PROXY": "http://leak.invalid:9", "DJPOOL_LEAK_CANARY": "leak",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PIP_INDEX_URL": "http://leak.invalid/simple",
+    "PIP_FIND_LINKS": "/leak",
+    "VIRTUAL_ENV": "/leak",
+    "PYTHONPATH": "/leak",
+    "PYTHONHOME": "/leak",
+    "PYTHONSTARTUP": "/leak",
+    "http_proxy": "http://leak.invalid:9",
+    "HTTPS_PROXY": "http://leak.invalid:9",
+    "DJPOOL_LEAK_CANARY": "leak",
 }
 
 
@@ -307,13 +353,18 @@ def env_names(text: str) -> dict[str, str]:
 
 
 def test_nothing_of_the_runners_environment_reaches_a_build_or_a_dyno(
-        base_app: HerokuApp, heroku_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base_app: HerokuApp, heroku_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The runner exports what these machines export (and proxies): builds and dynos see none."""
     for name, value in RUNNER_ONLY.items():
         monkeypatch.setenv(name, value)
-    app = HerokuApp(sources(), heroku_dir / "clean-env", {"POOL_SIZE": "3"},
-                    cache_dir=base_app.cache_dir,
-                    buildpacks_after=[REPO / "tests" / "buildpacks" / "envdump"])
+    app = HerokuApp(
+        sources(),
+        heroku_dir / "clean-env",
+        {"POOL_SIZE": "3"},
+        cache_dir=base_app.cache_dir,
+        buildpacks_after=[REPO / "tests" / "buildpacks" / "envdump"],
+    )
     build = app.build()
     assert build.ok, build.log
     build_env = env_names((app.runtime_dir / ".build-env").read_text())
@@ -348,22 +399,31 @@ def test_the_documented_build_output_is_what_a_build_prints(heroku_dir: Path) ->
     app = HerokuApp(sources(), heroku_dir / "documented", {"POOL_SIZE": "5"})
     build = app.build()
     assert build.ok, build.log
-    ours = build.stdout[build.stdout.index("-----> djpool: checking"):].strip("\n")
-    assert (normalized_build_log(ours, app.runtime_dir)
-            == normalized_build_log(documented_build_log(), Path("/app")))
+    ours = build.stdout[build.stdout.index("-----> djpool: checking") :].strip("\n")
+    assert normalized_build_log(ours, app.runtime_dir) == normalized_build_log(
+        documented_build_log(), Path("/app")
+    )
 
 
 def test_python_without_pip_uses_the_pip_bundled_in_the_standard_library(
-        base_app: HerokuApp, heroku_dir: Path, database_url: str) -> None:
+    base_app: HerokuApp, heroku_dir: Path, database_url: str
+) -> None:
     """heroku/python installs no pip for uv and Poetry apps: ensurepip's wheel does the job."""
-    app = HerokuApp(sources(), heroku_dir / "no-pip", BASE_CONFIG, cache_dir=base_app.cache_dir,
-                    python_buildpack=PythonBuildpack(with_pip=False))
+    app = HerokuApp(
+        sources(),
+        heroku_dir / "no-pip",
+        BASE_CONFIG,
+        cache_dir=base_app.cache_dir,
+        python_buildpack=PythonBuildpack(with_pip=False),
+    )
     build = app.build()
     assert build.ok, build.log
     assert "No module named pip" in app.run("python -m pip --version").stderr
     assert "       SQLAlchemy 2.1.9: djpool's private copy" in build.stdout
-    done = app.run("python -c 'import sqlalchemy; print(sqlalchemy.__file__)'",
-                   env={"DATABASE_URL": database_url})
+    done = app.run(
+        "python -c 'import sqlalchemy; print(sqlalchemy.__file__)'",
+        env={"DATABASE_URL": database_url},
+    )
     assert done.stdout.strip() == f"{app.runtime_dir}/.djpool/vendor/sqlalchemy/__init__.py"
 
 
@@ -387,23 +447,30 @@ def test_release_phase_runs_with_djpool(base_app: HerokuApp) -> None:
 
 
 def test_one_off_shell_runs_with_the_patch(base_app: HerokuApp, database_url: str) -> None:
-    code = ("from django.db import connection\n"
-            "with connection.cursor() as c: c.execute('SELECT 1')\n"
-            "from djpool import startup\n"
-            "print('patched', startup.registry() is not None)")
+    code = (
+        "from django.db import connection\n"
+        "with connection.cursor() as c: c.execute('SELECT 1')\n"
+        "from djpool import startup\n"
+        "print('patched', startup.registry() is not None)"
+    )
     done = base_app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     assert last_line(done.stdout) == "patched True"
     assert djpool_lines(done.stderr)[0].startswith(DJPOOL_LINE)
 
 
-def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
-                                database_url: str) -> None:
+def test_every_web_worker_pools(
+    base_app: HerokuApp, dynos, pg, appname: str, database_url: str
+) -> None:
     # No overflow here: every connection a worker opens stays open in its pool,
     # so /proc can still say which worker holds it after the request.
     web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_until(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-                         timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
+    workers = wait_until(
+        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+        timeout=30,
+        interval=0.05,
+        message=f"{WORKERS} gunicorn workers",
+    )
     assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
 
     def whoami(_):
@@ -427,7 +494,8 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
 
     def backend(_):
         status, body = web.post_json(
-            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]})
+            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]}
+        )
         assert status == 200, body
         return body["rows"][0]
 
@@ -459,8 +527,9 @@ def test_every_web_worker_pools(base_app: HerokuApp, dynos, pg, appname: str,
     assert pg.connections_opened(application_name=appname) == len(everything)
 
 
-def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, pg,
-                                                    appname: str, database_url: str) -> None:
+def test_server_connections_stay_bounded_under_load(
+    base_app: HerokuApp, dynos, pg, appname: str, database_url: str
+) -> None:
     """16 clients at once against 2 workers x 4 threads, with 2 x 3 pooled connections.
 
     Without overflow, so that the bound is exact on the server's side too: an
@@ -469,10 +538,17 @@ def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, 
     one that replaces it.
     """
     pool_size = 3
-    web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size),
-                                  "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_until(lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-                         timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
+    web = dynos(
+        base_app,
+        "web",
+        {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size), "POOL_MAX_OVERFLOW": "0"},
+    )
+    workers = wait_until(
+        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
+        timeout=30,
+        interval=0.05,
+        message=f"{WORKERS} gunicorn workers",
+    )
     first_query_in_every_worker(web, workers)
     limit = WORKERS * pool_size
     samples: list[int] = []
@@ -487,6 +563,7 @@ def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, 
     sampler.start()
     statuses: list[int] = []
     try:
+
         def fire(_):
             for _ in range(6):
                 status, _body = web.get("/slow/?ms=100")
@@ -503,13 +580,18 @@ def test_server_connections_stay_bounded_under_load(base_app: HerokuApp, dynos, 
     assert pg.connections_opened(application_name=appname) <= limit
 
 
-def test_concurrent_first_queries_build_one_pool_per_worker(base_app: HerokuApp, dynos,
-                                                            database_url: str) -> None:
+def test_concurrent_first_queries_build_one_pool_per_worker(
+    base_app: HerokuApp, dynos, database_url: str
+) -> None:
     """Fresh workers hit by a burst of first requests: still one pool each (/pool/)."""
     for _ in range(4):  # a race: a few fresh dynos
         web = dynos(base_app, "web", {"DATABASE_URL": database_url})
-        wait_until(lambda web=web: len(web.worker_pids()) == WORKERS,
-                   timeout=30, interval=0.05, message=f"{WORKERS} gunicorn workers")
+        wait_until(
+            lambda web=web: len(web.worker_pids()) == WORKERS,
+            timeout=30,
+            interval=0.05,
+            message=f"{WORKERS} gunicorn workers",
+        )
         in_threads(16, lambda _, web=web: web.get("/slow/?ms=50"))
         pools_of = {}
         for _ in range(100):
@@ -523,8 +605,9 @@ def test_concurrent_first_queries_build_one_pool_per_worker(base_app: HerokuApp,
         web.stop()
 
 
-def test_pool_disabled_leaves_the_app_unpooled(base_app: HerokuApp, dynos, pg, appname: str,
-                                               database_url: str) -> None:
+def test_pool_disabled_leaves_the_app_unpooled(
+    base_app: HerokuApp, dynos, pg, appname: str, database_url: str
+) -> None:
     web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_DISABLED": "1"})
     pids = [web.get("/pid/")[1]["pid"] for _ in range(5)]
     assert len(set(pids)) == 5  # a new server connection for every request
@@ -550,8 +633,9 @@ def test_the_systems_python_is_left_alone(base_app: HerokuApp, database_url: str
     executable lives tells the two apart.
     """
     code = "import sys; print(sys.prefix); print(*sys.path, sep='\\n')"
-    done = base_app.run(shlex.join(["/usr/bin/python3", "-c", code]),
-                        env={"DATABASE_URL": database_url})
+    done = base_app.run(
+        shlex.join(["/usr/bin/python3", "-c", code]), env={"DATABASE_URL": database_url}
+    )
     assert done.returncode == 0, done.stderr
     prefix, *path = done.stdout.splitlines()
     assert prefix == str(base_app.runtime_dir / ".heroku" / "python")
@@ -564,28 +648,32 @@ def test_the_systems_python_is_left_alone(base_app: HerokuApp, database_url: str
 # -- apps with their own SQLAlchemy --------------------------------------------------
 
 
-@pytest.mark.parametrize(("variant", "version"), [
-    ("sqlalchemy14", "1.4.54"),
-    ("sqlalchemy14_psycopg2", "1.4.54"),
-    ("sqlalchemy2", "2.0.41"),
-])
-def test_the_apps_own_sqlalchemy_is_kept_and_pools(heroku_dir: Path, dynos, pg, appname: str,
-                                                   database_url: str, variant: str,
-                                                   version: str) -> None:
-    app = HerokuApp(sources(variant), heroku_dir / variant, {**BASE_CONFIG,
-                                                             "WEB_CONCURRENCY": "1"})
+@pytest.mark.parametrize(
+    ("variant", "version"),
+    [
+        ("sqlalchemy14", "1.4.54"),
+        ("sqlalchemy14_psycopg2", "1.4.54"),
+        ("sqlalchemy2", "2.0.41"),
+    ],
+)
+def test_the_apps_own_sqlalchemy_is_kept_and_pools(
+    heroku_dir: Path, dynos, pg, appname: str, database_url: str, variant: str, version: str
+) -> None:
+    app = HerokuApp(sources(variant), heroku_dir / variant, {**BASE_CONFIG, "WEB_CONCURRENCY": "1"})
     build = app.build()
     assert build.ok, build.log
     assert f"       SQLAlchemy {version}: the app's own copy" in build.stdout
     assert "privately" not in build.stdout  # nothing to install
     assert not (app.runtime_dir / ".djpool" / "vendor").exists()
 
-    code = ("import os, sqlalchemy\n"
-            "from django.db import connection\n"
-            "with connection.cursor() as c: c.execute('SELECT 1')\n"
-            "from djpool import startup\n"
-            "print(sqlalchemy.__version__, startup.registry() is not None, "
-            "os.environ.get('APP_SITECUSTOMIZE'))")
+    code = (
+        "import os, sqlalchemy\n"
+        "from django.db import connection\n"
+        "with connection.cursor() as c: c.execute('SELECT 1')\n"
+        "from djpool import startup\n"
+        "print(sqlalchemy.__version__, startup.registry() is not None, "
+        "os.environ.get('APP_SITECUSTOMIZE'))"
+    )
     done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     expected_sitecustomize = "loaded" if variant.startswith("sqlalchemy14") else "None"
@@ -612,22 +700,34 @@ NEWER_PYTHONS = [
 SELECTED_CHROOTS = {stacks.chroot_of(stack) for stack in stacks.extra_stacks()}
 
 
-@pytest.mark.parametrize(("chroot", "python", "variant", "django"),
-                         [case for case in NEWER_PYTHONS if case[0] in SELECTED_CHROOTS])
-def test_an_app_on_a_newer_python_builds_and_pools(heroku_dir: Path, dynos, pg, appname: str,
-                                                   database_url: str, chroot: str, python: str,
-                                                   variant: str | None, django: str) -> None:
+@pytest.mark.parametrize(
+    ("chroot", "python", "variant", "django"),
+    [case for case in NEWER_PYTHONS if case[0] in SELECTED_CHROOTS],
+)
+def test_an_app_on_a_newer_python_builds_and_pools(
+    heroku_dir: Path,
+    dynos,
+    pg,
+    appname: str,
+    database_url: str,
+    chroot: str,
+    python: str,
+    variant: str | None,
+    django: str,
+) -> None:
     """Built and run in a Debian root filesystem, whose Python the heroku/python stand-in copies."""
     root = stacks.CHROOTS_DIR / chroot
     assert (root / "usr" / "bin" / f"python{python}").exists(), stacks.SETUP_CHROOTS_HINT
-    app = HerokuApp(sources(*filter(None, [variant])), heroku_dir / f"py{python}", BASE_CONFIG,
-                    root=root)
+    app = HerokuApp(
+        sources(*filter(None, [variant])), heroku_dir / f"py{python}", BASE_CONFIG, root=root
+    )
     build = app.build()
     assert build.ok, build.log
     assert re.search(rf"Python {re.escape(python)}\.\d+ in \.heroku/python", build.stdout)
     assert "       SQLAlchemy 2.1.9: djpool's private copy" in build.stdout
-    found = subprocess.run(["grep", "-rlF", str(build.build_dir), str(app.runtime_dir)],
-                           capture_output=True, text=True)
+    found = subprocess.run(
+        ["grep", "-rlF", str(build.build_dir), str(app.runtime_dir)], capture_output=True, text=True
+    )
     assert found.returncode == 1, f"files naming the build dir:\n{found.stdout}"
     release = app.release(env={"DATABASE_URL": database_url})
     assert release.returncode == 0, release.stderr

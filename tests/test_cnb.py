@@ -514,7 +514,7 @@ def test_build_puts_djpool_into_a_launch_layer(base_app: CnbApp) -> None:
 
 
 def test_documented_build_output_is_the_real_one(base_app: CnbApp) -> None:
-    """docs/buildpack.md's sample CNB build log, against a real build (paths, versions, numbers aside)."""
+    """docs/buildpack.md's CNB build log, against a real build (paths, versions, numbers aside)."""
     doc = (REPO / "docs" / "buildpack.md").read_text()
     documented = doc.split("After heroku/python, the build log shows:\n\n```\n", 1)[1]
     documented = documented.split("```", 1)[0]

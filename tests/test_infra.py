@@ -27,6 +27,7 @@ STACK_VERSIONS = {
 
 # -- the server ----------------------------------------------------------------
 
+
 def test_a_connection_without_tls_is_rejected(pg):
     with pytest.raises(psycopg.OperationalError, match="pg_hba.conf rejects connection"):
         pg.connect(sslmode="disable")
@@ -36,7 +37,8 @@ def test_a_connection_without_tls_is_rejected(pg):
 def test_the_certificate_verifies_against_the_private_ca(pg, host):
     with pg.connect(host=host, sslmode="verify-full", sslrootcert=str(pg.ca_cert_path)) as conn:
         ssl, version = conn.execute(
-            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        ).fetchone()
     assert ssl is True and version.startswith("TLS")
 
 
@@ -56,28 +58,40 @@ def test_logins_use_scram_and_a_wrong_password_fails(pg):
 
 def test_the_unix_socket_also_asks_for_a_password(pg):
     with pytest.raises(psycopg.OperationalError, match="password"):
-        psycopg.connect(host=str(pg.socket_dir), port=pg.port, dbname="app", user="app",
-                        password="")
-    with psycopg.connect(host=str(pg.socket_dir), port=pg.port, dbname="app", user="app",
-                         password=pg.password_of("app")) as conn:
+        psycopg.connect(
+            host=str(pg.socket_dir), port=pg.port, dbname="app", user="app", password=""
+        )
+    with psycopg.connect(
+        host=str(pg.socket_dir),
+        port=pg.port,
+        dbname="app",
+        user="app",
+        password=pg.password_of("app"),
+    ) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_the_app_role_is_no_superuser_and_owns_its_database(pg):
     [(superuser, createdb)] = pg.query(
-        "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = 'app'")
+        "SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = 'app'"
+    )
     assert (superuser, createdb) == (False, True)
-    assert pg.query("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") \
-        == [("app",)]
+    assert pg.query("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'") == [
+        ("app",)
+    ]
 
 
 def test_the_log_counts_each_login_and_pg_stat_activity_shows_the_backend(pg, appname):
     assert pg.connections_opened(application_name=appname) == 0
-    with pg.connect(application_name=appname) as first, \
-            pg.connect(application_name=appname) as second:
+    with (
+        pg.connect(application_name=appname) as first,
+        pg.connect(application_name=appname) as second,
+    ):
         pids = {first.info.backend_pid, second.info.backend_pid}
-        wait_until(lambda: pg.connections_opened(application_name=appname) == 2,
-                   message="two logins in the log")
+        wait_until(
+            lambda: pg.connections_opened(application_name=appname) == 2,
+            message="two logins in the log",
+        )
         assert {b.pid for b in pg.backends(application_name=appname)} == pids
         assert {b.usename for b in pg.backends(application_name=appname)} == {"app"}
         assert pg.connections_opened(application_name=appname, user="app", database="app") == 2
@@ -97,14 +111,21 @@ def test_a_server_of_its_own_starts_restarts_and_cleans_up():
     server.start()
     base_dir, port = server.base_dir, server.port
     try:
-        settings = dict(server.query(
-            "SELECT name, setting FROM pg_settings WHERE name IN ('max_connections', 'ssl',"
-            " 'fsync', 'password_encryption', 'log_connections', 'idle_session_timeout',"
-            " 'listen_addresses', 'server_encoding')"))
+        settings = dict(
+            server.query(
+                "SELECT name, setting FROM pg_settings WHERE name IN ('max_connections', 'ssl',"
+                " 'fsync', 'password_encryption', 'log_connections', 'idle_session_timeout',"
+                " 'listen_addresses', 'server_encoding')"
+            )
+        )
         assert settings == {
-            "max_connections": "7", "ssl": "on", "fsync": "off",
-            "password_encryption": "scram-sha-256", "log_connections": "on",
-            "idle_session_timeout": "3600000", "listen_addresses": "127.0.0.1",
+            "max_connections": "7",
+            "ssl": "on",
+            "fsync": "off",
+            "password_encryption": "scram-sha-256",
+            "log_connections": "on",
+            "idle_session_timeout": "3600000",
+            "listen_addresses": "127.0.0.1",
             "server_encoding": "UTF8",
         }
         [(before,)] = server.query("SELECT pg_postmaster_start_time()")
@@ -131,21 +152,30 @@ def test_application_names_are_short_readable_and_unique():
 
 # -- the stacks ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("stack", stacks.STACKS)
 def test_each_stack_runs_its_own_django_and_driver(stack):
     django_version, driver = STACK_VERSIONS[stack]
-    result = stacks.check(stacks.run_python(stack, (
-        "import django, importlib.util, os, sys\n"
-        "print(django.get_version())\n"
-        "print(importlib.util.find_spec('psycopg') is not None)\n"
-        "print(importlib.util.find_spec('psycopg2') is not None)\n"
-        "print(os.environ.get('PYTHONPATH', ''))\n"
-    ), shim=False))
+    result = stacks.check(
+        stacks.run_python(
+            stack,
+            (
+                "import django, importlib.util, os, sys\n"
+                "print(django.get_version())\n"
+                "print(importlib.util.find_spec('psycopg') is not None)\n"
+                "print(importlib.util.find_spec('psycopg2') is not None)\n"
+                "print(os.environ.get('PYTHONPATH', ''))\n"
+            ),
+            shim=False,
+        )
+    )
     version, has_psycopg, has_psycopg2, pythonpath = result.stdout.splitlines() + [""] * (
-        4 - len(result.stdout.splitlines()))
+        4 - len(result.stdout.splitlines())
+    )
     assert version.startswith(django_version + ".")
     assert (has_psycopg, has_psycopg2) == (
-        ("True", "False") if driver == "psycopg" else ("False", "True"))
+        ("True", "False") if driver == "psycopg" else ("False", "True")
+    )
     assert str(stacks.SHIM_DIR) not in pythonpath
 
 
@@ -169,8 +199,10 @@ def test_gunicorn_serves_the_app_on_each_stack_without_the_shim(stack, start_app
 
     status, body = app.get("/pid/")
     assert status == 200
-    backends = wait_until(lambda: pg.backends(application_name=appname),
-                          message="the app's backend in pg_stat_activity")
+    backends = wait_until(
+        lambda: pg.backends(application_name=appname),
+        message="the app's backend in pg_stat_activity",
+    )
     assert [(b.pid, b.datname, b.usename) for b in backends] == [(body["pid"], "app", "app")]
     assert pg.connections_opened(application_name=appname) == 1
     assert app.djpool_lines() == []
@@ -185,24 +217,32 @@ def test_a_backend_is_visible_during_the_request_and_closed_after_it(start_app, 
         [busy] = wait_until(
             lambda: [b for b in pg.backends(application_name=appname) if b.state == "active"],
             timeout=30,  # a fresh venv's first request imports Django's backend first
-            message="the request's backend running pg_sleep")
+            message="the request's backend running pg_sleep",
+        )
         assert "pg_sleep" in busy.query
     finally:
         request.join(30)
     assert answers == [(200, {"pid": busy.pid})]
     # CONN_MAX_AGE=0 (the default): Django closes the connection when the request ends.
-    wait_until(lambda: not pg.backends(application_name=appname),
-               message="the backend closed after the request")
+    wait_until(
+        lambda: not pg.backends(application_name=appname),
+        message="the backend closed after the request",
+    )
 
 
 # -- the sample app's views, unpooled, on each stack ----------------------------------
 
+
 @pytest.fixture(scope="module", params=stacks.STACKS)
 def app(request, pg, migrated, tmp_path_factory):
-    env = {"DATABASE_URL": pg.url(sslmode="require",
-                                  application_name=f"test_infra.views.{request.param}")}
-    with AppServer(request.param, env, shim=False,
-                   log_dir=tmp_path_factory.mktemp("app")) as server:
+    env = {
+        "DATABASE_URL": pg.url(
+            sslmode="require", application_name=f"test_infra.views.{request.param}"
+        )
+    }
+    with AppServer(
+        request.param, env, shim=False, log_dir=tmp_path_factory.mktemp("app")
+    ) as server:
         yield server
 
 
@@ -211,8 +251,9 @@ def test_health_answers_without_the_database(app):
 
 
 def test_sql_runs_statements_and_reports_database_errors(app):
-    status, body = app.post_json("/sql/", {"sql": ["SET application_name = 'x'",
-                                                   "SELECT 1, 'two', now()", "SELECT 3"]})
+    status, body = app.post_json(
+        "/sql/", {"sql": ["SET application_name = 'x'", "SELECT 1, 'two', now()", "SELECT 3"]}
+    )
     assert status == 200 and body["rows"] == [[3]] and isinstance(body["pid"], int)
     status, body = app.post_json("/sql/", {"sql": ["SELECT 1, 'two', now()"], "atomic": True})
     assert status == 200 and body["rows"][0][:2] == [1, "two"]
@@ -233,7 +274,8 @@ def test_an_exception_in_atomic_rolls_the_insert_back(app):
     status, _page = app.get("/raise-in-atomic/?name=infra-raised")
     assert status == 500
     status, body = app.post_json(
-        "/sql/", {"sql": ["SELECT count(*) FROM core_item WHERE name = 'infra-raised'"]})
+        "/sql/", {"sql": ["SELECT count(*) FROM core_item WHERE name = 'infra-raised'"]}
+    )
     assert body["rows"] == [[0]]
     assert "RuntimeError: raised inside transaction.atomic()" in app.log_text()
 

@@ -75,6 +75,7 @@ BUILD_BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # (plus HOME, DYNO and PORT, set per dyno).
 DYNO_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+
 class EmulatorError(RuntimeError):
     """The emulator itself could not do what was asked (not a failed build)."""
 
@@ -98,8 +99,9 @@ def find_uv() -> str:
     """uv on PATH, else the copy tests/setup_env.sh installs into .venv/bootstrap."""
     found = shutil.which("uv") or str(REPO / ".venv" / "bootstrap" / "bin" / "uv")
     if not os.access(found, os.X_OK):
-        raise EmulatorError("uv is needed to install the app's requirements: "
-                            "run `bash tests/setup_env.sh`")
+        raise EmulatorError(
+            "uv is needed to install the app's requirements: run `bash tests/setup_env.sh`"
+        )
     return found
 
 
@@ -107,7 +109,10 @@ def machine_python_home() -> Path:
     """The installation of this machine's python3 (its base prefix, never a virtualenv)."""
     out = subprocess.run(
         ["python3", "-c", "import sys; print(sys.base_prefix)"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
         env={"PATH": os.environ.get("PATH", DYNO_BASE_PATH)},
     ).stdout.strip()
     return Path(out)
@@ -124,8 +129,14 @@ def uv_env(home: Path, root: Path | None = None) -> dict[str, str]:
     cache = os.environ.get("UV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "uv")
     if root is not None:  # the runner's home is not inside the root filesystem
         cache = str(PYTHON_INSTALLS / f"uv-cache-{root.name}")
-    env = {"PATH": BUILD_BASE_PATH, "HOME": str(home), "UV_PYTHON_DOWNLOADS": "never",
-           "UV_NO_PROGRESS": "1", "UV_LINK_MODE": "copy", "UV_CACHE_DIR": cache}
+    env = {
+        "PATH": BUILD_BASE_PATH,
+        "HOME": str(home),
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_NO_PROGRESS": "1",
+        "UV_LINK_MODE": "copy",
+        "UV_CACHE_DIR": cache,
+    }
     if os.environ.get("SSL_CERT_FILE"):
         env["SSL_CERT_FILE"] = os.environ["SSL_CERT_FILE"]
     return env
@@ -147,15 +158,21 @@ def python_install(source_home: Path | None = None, *, root: Path | None = None)
     heroku/python stand-in copies into ``BUILD_DIR/.heroku/python``.
     """
     if root is not None:  # Debian's /usr/bin/python3.X (python3 itself may be absent)
-        newest = max((root / "usr" / "bin").glob("python3.[0-9]*"),
-                     key=lambda path: int(path.name.split(".")[1]))
+        newest = max(
+            (root / "usr" / "bin").glob("python3.[0-9]*"),
+            key=lambda path: int(path.name.split(".")[1]),
+        )
         source, probe = root / "usr", in_root(root, [f"/usr/bin/{newest.name}"])
     else:
         source = Path(source_home or machine_python_home())
         probe = [str(source / "bin" / "python3")]
     version = subprocess.run(
         [*probe, "-c", "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.version)"],
-        capture_output=True, text=True, check=True, timeout=60, env={"PATH": BUILD_BASE_PATH},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={"PATH": BUILD_BASE_PATH},
     ).stdout
     short, full = version.split("\n", 1)
     key = hashlib.sha256(f"{source}\n{full}".encode()).hexdigest()[:12]
@@ -173,10 +190,19 @@ def python_install(source_home: Path | None = None, *, root: Path | None = None)
     for library in (source / "lib").glob("libpython3*"):
         shutil.copy2(library, partial / "lib" / library.name, follow_symlinks=False)
     # Debian's own additions (dist-packages, EXTERNALLY-MANAGED) are not Python's.
-    skipped = shutil.ignore_patterns("site-packages", "dist-packages", "EXTERNALLY-MANAGED",
-                                     "test", "idlelib", "tkinter", "turtledemo", "__pycache__")
-    shutil.copytree(source / "lib" / stdlib, partial / "lib" / stdlib, ignore=skipped,
-                    symlinks=True)
+    skipped = shutil.ignore_patterns(
+        "site-packages",
+        "dist-packages",
+        "EXTERNALLY-MANAGED",
+        "test",
+        "idlelib",
+        "tkinter",
+        "turtledemo",
+        "__pycache__",
+    )
+    shutil.copytree(
+        source / "lib" / stdlib, partial / "lib" / stdlib, ignore=skipped, symlinks=True
+    )
     (partial / "lib" / stdlib / "site-packages").mkdir()
     if root is not None:
         undo_debian_layout(partial / "lib" / stdlib)
@@ -195,8 +221,10 @@ def python_install(source_home: Path | None = None, *, root: Path | None = None)
 # so the app's packages are importable and its scripts (gunicorn) are on
 # heroku/python's PATH, as with heroku/python's own Python.
 DEBIAN_LAYOUT_EDITS = {
-    "sysconfig/__init__.py": ("            prefix_scheme = 'posix_local'",
-                              "            prefix_scheme = 'deb_system'"),
+    "sysconfig/__init__.py": (
+        "            prefix_scheme = 'posix_local'",
+        "            prefix_scheme = 'deb_system'",
+    ),
 }
 
 
@@ -213,11 +241,13 @@ def undo_debian_layout(stdlib: Path) -> None:
 
 def copy_tree_linked(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` with hard links (fast; nothing writes into these files)."""
+
     def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
+
     shutil.copytree(source, target, symlinks=True, copy_function=link)
 
 
@@ -232,8 +262,14 @@ class PythonBuildpack:
     with the same lines heroku/python writes (its ``bin/compile``, ``set_env``).
     """
 
-    def __init__(self, python_home: Path | None = None, uv: str | None = None, *,
-                 with_pip: bool = True, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        python_home: Path | None = None,
+        uv: str | None = None,
+        *,
+        with_pip: bool = True,
+        root: Path | None = None,
+    ) -> None:
         """python_home: the installation to copy (default: this machine's python3).
         with_pip=False: no pip, as heroku/python leaves uv and Poetry apps.
         root: a Debian root filesystem (tests/setup_chroots.sh) whose Python is
@@ -258,17 +294,22 @@ class PythonBuildpack:
             python_home.parent.mkdir(parents=True, exist_ok=True)
             python_home.symlink_to(build_dir / ".heroku" / "python")
         python = str(python_home / "bin" / "python")
-        steps = [("Installing requirements with uv",
-                  ["-r", str(build_dir / "requirements.txt")])]
+        steps = [("Installing requirements with uv", ["-r", str(build_dir / "requirements.txt")])]
         if self.with_pip:
             steps.insert(0, ("Installing pip", ["pip"]))
         for title, packages in steps:
             log.append(f"-----> {title}")
             done = subprocess.run(
-                in_root(self.root, [self.uv, "pip", "install", "--quiet", "--python", python,
-                                    *packages], build_dir),
-                env=uv_env(runtime_dir, self.root), cwd=build_dir, capture_output=True,
-                text=True, timeout=600,
+                in_root(
+                    self.root,
+                    [self.uv, "pip", "install", "--quiet", "--python", python, *packages],
+                    build_dir,
+                ),
+                env=uv_env(runtime_dir, self.root),
+                cwd=build_dir,
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             log.extend("       " + line for line in (done.stdout + done.stderr).splitlines())
             if done.returncode != 0:
@@ -354,8 +395,14 @@ class HerokuApp:
 
     # -- build -----------------------------------------------------------------
 
-    def build(self, *, compile_env: Mapping[str, str] | None = None, compile_runs: int = 1,
-              in_place: bool = False, timeout: float = 600) -> BuildResult:
+    def build(
+        self,
+        *,
+        compile_env: Mapping[str, str] | None = None,
+        compile_runs: int = 1,
+        in_place: bool = False,
+        timeout: float = 600,
+    ) -> BuildResult:
         """Build with heroku/python (stand-in), this buildpack, then ``buildpacks_after``.
 
         compile_env: variables for bin/compile's environment only (for example
@@ -382,21 +429,24 @@ class HerokuApp:
         release_yaml = None
         try:
             if self.python_buildpack is not None:
-                python_ok, log = self.python_buildpack.compile(build_dir, self.runtime_dir,
-                                                               export_path)
+                python_ok, log = self.python_buildpack.compile(
+                    build_dir, self.runtime_dir, export_path
+                )
                 stdout.append(log)
                 if not python_ok:
                     return self._finish(False, stdout, stderr, build_dir, None, previous)
             compile_args = [str(build_dir), str(self.cache_dir), str(env_dir)]
-            steps = [(BUILDPACK_DIR, "detect", [str(build_dir)], {}),
-                     *[(BUILDPACK_DIR, "compile", compile_args, dict(compile_env or {}))]
-                     * compile_runs,
-                     (BUILDPACK_DIR, "release", [str(build_dir)], {})]
+            steps = [
+                (BUILDPACK_DIR, "detect", [str(build_dir)], {}),
+                *[(BUILDPACK_DIR, "compile", compile_args, dict(compile_env or {}))] * compile_runs,
+                (BUILDPACK_DIR, "release", [str(build_dir)], {}),
+            ]
             for extra in self.buildpacks_after:
                 steps.append((extra, "compile", compile_args, {}))
             for buildpack, name, args, extra_env in steps:
-                done = self._run_buildpack_step(buildpack, name, args, extra_env, export_path,
-                                                build_dir, timeout)
+                done = self._run_buildpack_step(
+                    buildpack, name, args, extra_env, export_path, build_dir, timeout
+                )
                 if name == "release":
                     release_yaml = done.stdout
                 elif name == "detect" and done.returncode == 0:
@@ -411,20 +461,40 @@ class HerokuApp:
         finally:
             shutil.rmtree(env_dir, ignore_errors=True)
 
-    def _run_buildpack_step(self, buildpack: Path, name: str, args: list[str],
-                            extra_env: Mapping[str, str], export_path: Path, build_dir: Path,
-                            timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run_buildpack_step(
+        self,
+        buildpack: Path,
+        name: str,
+        args: list[str],
+        extra_env: Mapping[str, str],
+        export_path: Path,
+        build_dir: Path,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
         """One entry point of a buildpack, after sourcing the previous buildpack's export file.
 
         (Heroku sources every earlier buildpack's export; heroku/python's is
         the only one before djpool here, and djpool writes none.)
         """
         return subprocess.run(
-            in_root(self.root, ["bash", "-c", 'source "$1"; shift; exec "$@"', "bash",
-                                str(export_path), str(buildpack / "bin" / name), *args],
-                    build_dir),
-            env={**self.build_env(), **extra_env}, cwd=build_dir, capture_output=True,
-            text=True, timeout=timeout,
+            in_root(
+                self.root,
+                [
+                    "bash",
+                    "-c",
+                    'source "$1"; shift; exec "$@"',
+                    "bash",
+                    str(export_path),
+                    str(buildpack / "bin" / name),
+                    *args,
+                ],
+                build_dir,
+            ),
+            env={**self.build_env(), **extra_env},
+            cwd=build_dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def build_env(self) -> dict[str, str]:
@@ -448,8 +518,15 @@ class HerokuApp:
         for name, value in self.config.items():
             (env_dir / name).write_text(value)
 
-    def _finish(self, ok: bool, stdout: list[str], stderr: list[str], build_dir: Path,
-                release_yaml: str | None, previous: Path) -> BuildResult:
+    def _finish(
+        self,
+        ok: bool,
+        stdout: list[str],
+        stderr: list[str],
+        build_dir: Path,
+        release_yaml: str | None,
+        previous: Path,
+    ) -> BuildResult:
         """Release the slug (the build dir becomes the runtime dir), or put the last one back."""
         in_place = build_dir == self.runtime_dir
         if ok:
@@ -479,8 +556,9 @@ class HerokuApp:
                 types[name.strip()] = command.strip()
         return types
 
-    def dyno_env(self, dyno: str, port: int | None = None,
-                 env: Mapping[str, str] | None = None) -> dict[str, str]:
+    def dyno_env(
+        self, dyno: str, port: int | None = None, env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """A dyno's environment before .profile.d: Heroku's dyno variables and the config vars."""
         result = {"PATH": DYNO_BASE_PATH, **self.config, **(env or {})}
         result.update({"HOME": str(self.runtime_dir), "DYNO": dyno})
@@ -493,24 +571,40 @@ class HerokuApp:
         boot = ["bash", "-c", f'for f in .profile.d/*.sh; do . "$f"; done; exec {command}']
         return in_root(self.root, boot, self.runtime_dir)
 
-    def run(self, command: str, *, dyno: str = "run.1", env: Mapping[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        command: str,
+        *,
+        dyno: str = "run.1",
+        env: Mapping[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """A one-off dyno (``heroku run``): the command's status, stdout and stderr."""
         self._require_release()
         return subprocess.run(
-            self.boot_command(command), cwd=self.runtime_dir,
+            self.boot_command(command),
+            cwd=self.runtime_dir,
             env=self.dyno_env(dyno, free_port(), env),
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
-    def release(self, *, env: Mapping[str, str] | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def release(
+        self, *, env: Mapping[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """The release phase: the Procfile's ``release`` command in dyno release.1."""
-        return self.run(self.process_types()["release"], dyno="release.1", env=env,
-                        timeout=timeout)
+        return self.run(self.process_types()["release"], dyno="release.1", env=env, timeout=timeout)
 
-    def start(self, process_type: str = "web", *, env: Mapping[str, str] | None = None,
-              number: int = 1, timeout: float = 60) -> Dyno:
+    def start(
+        self,
+        process_type: str = "web",
+        *,
+        env: Mapping[str, str] | None = None,
+        number: int = 1,
+        timeout: float = 60,
+    ) -> Dyno:
         """Boot a Procfile process (``web.1``) and, for web, wait until it answers HTTP."""
         self._require_release()
         command = self.process_types()[process_type]
@@ -525,8 +619,9 @@ class HerokuApp:
 class Dyno(HttpMethods):
     """One running dyno; ``stop()`` (or ``with``) ends its whole process group."""
 
-    def __init__(self, app: HerokuApp, name: str, command: str,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, app: HerokuApp, name: str, command: str, env: Mapping[str, str] | None = None
+    ) -> None:
         self.app = app
         self.name = name
         self.command = command
@@ -548,8 +643,12 @@ class Dyno(HttpMethods):
     def start(self, timeout: float = 60) -> Dyno:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.app.boot_command(self.command), cwd=self.app.runtime_dir, env=self.env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.app.boot_command(self.command),
+                cwd=self.app.runtime_dir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         if self.name.startswith("web."):
@@ -561,11 +660,15 @@ class Dyno(HttpMethods):
         deadline = time.monotonic() + timeout
         while not self.answers("/health/", timeout=5):
             if self.process is not None and self.process.poll() is not None:
-                raise EmulatorError(f"{self.name} exited with status {self.process.returncode}:\n"
-                                    + self.log_text()[-4000:])
+                raise EmulatorError(
+                    f"{self.name} exited with status {self.process.returncode}:\n"
+                    + self.log_text()[-4000:]
+                )
             if time.monotonic() > deadline:
-                raise EmulatorError(f"{self.name} did not answer within {timeout:.0f} s:\n"
-                                    + self.log_text()[-4000:])
+                raise EmulatorError(
+                    f"{self.name} did not answer within {timeout:.0f} s:\n"
+                    + self.log_text()[-4000:]
+                )
             time.sleep(0.05)
 
     def log_text(self) -> str:
@@ -591,6 +694,7 @@ class Dyno(HttpMethods):
 
 # -- command line -------------------------------------------------------------
 
+
 def _load(workdir: Path) -> HerokuApp:
     state = json.loads((workdir / "emulator.json").read_text())
     return HerokuApp([Path(s) for s in state["sources"]], workdir, state["config"])
@@ -600,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python tests/support/heroku.py",
         description="Build an app with heroku/python (stand-in) and this buildpack, then "
-                    "boot its Procfile processes, as Heroku would.",
+        "boot its Procfile processes, as Heroku would.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build APP_DIR(s) into WORKDIR/app")
@@ -609,8 +713,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--config", action="append", default=[], metavar="NAME=VALUE")
     run = commands.add_parser("run", help="a one-off dyno: run a command in the released app")
     run.add_argument("workdir", type=Path)
-    run.add_argument("--env", "-e", action="append", default=[], metavar="NAME=VALUE",
-                     help="a config var for this dyno only (e.g. DATABASE_URL)")
+    run.add_argument(
+        "--env",
+        "-e",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a config var for this dyno only (e.g. DATABASE_URL)",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER)
     start = commands.add_parser("start", help="boot a Procfile process until Ctrl-C")
     start.add_argument("workdir", type=Path)
@@ -621,8 +731,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "build":
         config = dict(item.split("=", 1) for item in args.config)
         app = HerokuApp(args.sources, args.workdir, config)
-        (app.workdir / "emulator.json").write_text(json.dumps(
-            {"sources": [str(s.resolve()) for s in app.sources], "config": config}))
+        (app.workdir / "emulator.json").write_text(
+            json.dumps({"sources": [str(s.resolve()) for s in app.sources], "config": config})
+        )
         result = app.build()
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)

@@ -33,9 +33,11 @@ async def items(request):
     count = await Item.objects.acount()
     seconds = int(request.GET.get("ms", "0")) / 1000
     backend_pid = await sync_to_async(_sleep_and_pid)(seconds)
-    return JsonResponse({
-        "found": item is not None,
-        "value": item.value if item else None,
-        "count": count,
-        "pid": backend_pid,
-    })
+    return JsonResponse(
+        {
+            "found": item is not None,
+            "value": item.value if item else None,
+            "count": count,
+            "pid": backend_pid,
+        }
+    )

@@ -36,13 +36,15 @@ def record(test, **values) -> None:
     path = os.environ.get("APP_TEST_RECORD")
     if not path:
         return
-    line = json.dumps({
-        "test": test.id(),
-        "process": os.getpid(),
-        "settings_name": connection.settings_dict["NAME"],
-        "datname": current_database(),
-        **values,
-    })
+    line = json.dumps(
+        {
+            "test": test.id(),
+            "process": os.getpid(),
+            "settings_name": connection.settings_dict["NAME"],
+            "datname": current_database(),
+            **values,
+        }
+    )
     with open(path, "a") as stream:
         stream.write(line + "\n")
 

@@ -71,14 +71,16 @@ def whoami(request):
     """Which worker process and thread answered, and what it runs. No database."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
-    return JsonResponse({
-        "pid": os.getpid(),
-        "ppid": os.getppid(),
-        "thread": threading.get_ident(),
-        "django": django.get_version(),
-        "driver": "psycopg" if is_psycopg3 else "psycopg2",
-        "djpool": "djpool" in sys.modules,
-    })
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "thread": threading.get_ident(),
+            "django": django.get_version(),
+            "driver": "psycopg" if is_psycopg3 else "psycopg2",
+            "djpool": "djpool" in sys.modules,
+        }
+    )
 
 
 def pid(request):

@@ -15,8 +15,11 @@ class Command(BaseCommand):
         wanted = {f"item-{n}": n for n in range(1, count + 1)}
         existing = set(Item.objects.filter(name__in=wanted).values_list("name", flat=True))
         Item.objects.bulk_create(
-            [Item(name=name, value=value) for name, value in wanted.items()
-             if name not in existing],
+            [
+                Item(name=name, value=value)
+                for name, value in wanted.items()
+                if name not in existing
+            ],
             batch_size=1000,
         )
         self.stdout.write(f"{len(wanted) - len(existing)} items created, {len(existing)} existed")
