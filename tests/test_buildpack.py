@@ -17,20 +17,23 @@ import os
 import re
 import shlex
 import subprocess
-import threading
-import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import yaml
 
 from support import stacks
-from support.concurrency import in_threads
+from support.concurrency import Sampler, in_threads
 from support.heroku import REPO, HerokuApp, PythonBuildpack
 from support.logs import djpool_lines
 from support.procs import free_port, tcp_port_owner
 from support.waiting import wait_until
+from support.workers import (
+    backends_by_worker,
+    djpool_in_every_worker,
+    first_query_in_every_worker,
+    gunicorn_workers,
+)
 
 APP_SOURCE = REPO / "tests" / "app"
 APPS = REPO / "tests" / "buildpack_apps"
@@ -74,22 +77,6 @@ def shell_python(code: str) -> str:
 def last_line(text: str) -> str:
     """What the code printed last (Django 5.2's shell first says what it imported)."""
     return text.strip().splitlines()[-1]
-
-
-def first_query_in_every_worker(web, workers: list[int]) -> None:
-    """One query at a time until every worker has made one (and so built its pool).
-
-    Makes sure every worker has built its pool before a burst is measured.
-    Needs POOL_MAX_OVERFLOW=0, so that the connection stays open for /proc to see.
-    """
-    served: set[int] = set()
-    for _ in range(200):
-        status, body = web.post_json("/sql/", {"sql": ["SELECT inet_client_port()"]})
-        assert status == 200, body
-        served.add(tcp_port_owner(workers, body["rows"][0][0]))
-        if served >= set(workers):
-            return
-    raise AssertionError(f"only workers {served} of {workers} answered 200 requests")
 
 
 @pytest.fixture(scope="module")
@@ -465,49 +452,15 @@ def test_every_web_worker_pools(
     # No overflow here: every connection a worker opens stays open in its pool,
     # so /proc can still say which worker holds it after the request.
     web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_until(
-        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-        timeout=30,
-        interval=0.05,
-        message=f"{WORKERS} gunicorn workers",
-    )
+    workers = gunicorn_workers(web, WORKERS)
     assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
-
-    def whoami(_):
-        status, body = web.get("/whoami/")
-        assert status == 200
-        return body
-
-    seen = {}
-    for _ in range(20):  # bursts of concurrent requests until every worker answered
-        for body in in_threads(8, whoami):
-            seen[body["pid"]] = body["djpool"]
-        if len(seen) == WORKERS:
-            break
+    seen = djpool_in_every_worker(web, workers)
     assert sorted(seen) == workers
     assert all(seen.values()), seen
 
-    # Which worker used which server backend: the request reports the backend's
-    # pid and the client port; /proc says which worker holds that socket.
+    # Which worker used which server backend (support.workers says how it knows).
     first_query_in_every_worker(web, workers)
-    backends_of = defaultdict(set)
-
-    def backend(_):
-        status, body = web.post_json(
-            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]}
-        )
-        assert status == 200, body
-        return body["rows"][0]
-
-    requests = 0
-    for _ in range(20):
-        for backend_pid, port in in_threads(8, backend):
-            requests += 1
-            owner = tcp_port_owner(workers, port)
-            assert owner in workers, f"no worker holds the socket of backend {backend_pid}"
-            backends_of[owner].add(backend_pid)
-        if len(backends_of) == WORKERS and requests >= 40:
-            break
+    backends_of, requests = backends_by_worker(web, workers)
     assert sorted(backends_of) == workers
     for worker, pids in backends_of.items():
         assert 1 <= len(pids) <= POOL_SIZE, (worker, pids)
@@ -520,7 +473,11 @@ def test_every_web_worker_pools(
     # ... and later requests are served by those same backends, one worker at a time.
     later = set()
     for _ in range(10):
-        backend_pid, port = backend(0)
+        status, body = web.post_json(
+            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]}
+        )
+        assert status == 200, body
+        backend_pid, port = body["rows"][0]
         later.add(backend_pid)
         assert backend_pid in backends_of[tcp_port_owner(workers, port)]
     assert later <= everything
@@ -543,39 +500,19 @@ def test_server_connections_stay_bounded_under_load(
         "web",
         {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size), "POOL_MAX_OVERFLOW": "0"},
     )
-    workers = wait_until(
-        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-        timeout=30,
-        interval=0.05,
-        message=f"{WORKERS} gunicorn workers",
-    )
+    workers = gunicorn_workers(web, WORKERS)
     first_query_in_every_worker(web, workers)
     limit = WORKERS * pool_size
-    samples: list[int] = []
-    done = threading.Event()
 
-    def sample() -> None:
-        while not done.is_set():
-            samples.append(len(pg.backends(application_name=appname)))
-            time.sleep(0.01)
+    def fire(_):
+        return [web.get("/slow/?ms=100")[0] for _ in range(6)]
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    statuses: list[int] = []
-    try:
-
-        def fire(_):
-            for _ in range(6):
-                status, _body = web.get("/slow/?ms=100")
-                statuses.append(status)
-
-        in_threads(16, fire)  # 16 clients > 2 workers x 4 threads > 2 x 3 connections
-    finally:
-        done.set()
-        sampler.join()
+    # 16 clients > 2 workers x 4 threads > 2 x 3 connections
+    with Sampler(lambda: len(pg.backends(application_name=appname)), interval=0.01) as sampler:
+        statuses = [s for batch in in_threads(16, fire) for s in batch]
     assert statuses == [200] * 96
-    assert max(samples) <= limit, samples
-    assert max(samples) > WORKERS  # the load did need more than one connection per worker
+    # ... and the load did need more than one connection per worker.
+    assert WORKERS < sampler.highest <= limit
     # Nothing was closed and reopened: every login of the whole run is one of those.
     assert pg.connections_opened(application_name=appname) <= limit
 

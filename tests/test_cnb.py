@@ -23,7 +23,6 @@ import shlex
 import subprocess
 import textwrap
 import tomllib
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -42,8 +41,13 @@ from support.cnb import (
 from support.concurrency import Sampler, in_threads
 from support.heroku import REPO
 from support.logs import djpool_lines
-from support.procs import free_port, tcp_port_owner
-from support.waiting import wait_until
+from support.procs import free_port
+from support.workers import (
+    backends_by_worker,
+    djpool_in_every_worker,
+    first_query_in_every_worker,
+    gunicorn_workers,
+)
 
 APP_SOURCE = REPO / "tests" / "app"
 APPS = REPO / "tests" / "buildpack_apps"
@@ -93,18 +97,6 @@ def dead_index_config() -> dict[str, str]:
     gives it to the build as <platform>/env/PIP_INDEX_URL.
     """
     return {"PIP_INDEX_URL": f"http://127.0.0.1:{free_port()}/simple"}
-
-
-def first_query_in_every_worker(web, workers: list[int]) -> None:
-    """One query at a time until every worker has made one (and so built its pool)."""
-    served: set[int | None] = set()
-    for _ in range(200):
-        status, body = web.post_json("/sql/", {"sql": ["SELECT inet_client_port()"]})
-        assert status == 200, body
-        served.add(tcp_port_owner(workers, body["rows"][0][0]))
-        if served >= set(workers):
-            return
-    raise AssertionError(f"only workers {served} of {workers} answered 200 requests")
 
 
 @pytest.fixture(scope="module")
@@ -706,42 +698,15 @@ def test_every_web_worker_pools(
     base_app: CnbApp, processes, pg, appname: str, database_url: str
 ) -> None:
     web = processes(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = wait_until(
-        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-        timeout=30,
-        interval=0.05,
-        message=f"{WORKERS} gunicorn workers",
-    )
+    workers = gunicorn_workers(web, WORKERS)
     assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
 
-    seen = {}
-    for _ in range(20):  # bursts of concurrent requests until every worker answered
-        for body in in_threads(8, lambda _: web.get("/whoami/")[1]):
-            seen[body["pid"]] = body["djpool"]
-        if len(seen) == WORKERS:
-            break
+    seen = djpool_in_every_worker(web, workers)
     assert sorted(seen) == workers
     assert all(seen.values()), seen
 
     first_query_in_every_worker(web, workers)
-    backends_of = defaultdict(set)
-
-    def backend(_):
-        status, body = web.post_json(
-            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]}
-        )
-        assert status == 200, body
-        return body["rows"][0]
-
-    requests = 0
-    for _ in range(20):
-        for backend_pid, port in in_threads(8, backend):
-            requests += 1
-            owner = tcp_port_owner(workers, port)
-            assert owner in workers, f"no worker holds the socket of backend {backend_pid}"
-            backends_of[owner].add(backend_pid)
-        if len(backends_of) == WORKERS and requests >= 40:
-            break
+    backends_of, requests = backends_by_worker(web, workers)
     assert sorted(backends_of) == workers
     for worker, pids in backends_of.items():
         assert 1 <= len(pids) <= POOL_SIZE, (worker, pids)
@@ -759,12 +724,7 @@ def test_server_connections_stay_bounded_under_load(
         "web",
         {"DATABASE_URL": database_url, "POOL_SIZE": str(pool_size), "POOL_MAX_OVERFLOW": "0"},
     )
-    workers = wait_until(
-        lambda: len(web.worker_pids()) == WORKERS and web.worker_pids(),
-        timeout=30,
-        interval=0.05,
-        message=f"{WORKERS} gunicorn workers",
-    )
+    workers = gunicorn_workers(web, WORKERS)
     first_query_in_every_worker(web, workers)
     limit = WORKERS * pool_size
 

@@ -1,0 +1,90 @@
+"""Which gunicorn worker of an emulated dyno did what: the buildpacks' shared scenario steps.
+
+Both emulators (tests/support/heroku.py for the classic buildpack,
+tests/support/cnb.py for the CNB) start web processes that answer HTTP
+(``get``/``post_json``) and list their gunicorn workers (``worker_pids``). A
+request reports the server backend it used and its client port; /proc says
+which worker holds that socket. So a test can tell, from the outside, which
+worker opened and reused which server connection.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Protocol
+
+from support.concurrency import in_threads
+from support.procs import tcp_port_owner
+from support.waiting import wait_until
+
+
+class WebProcess(Protocol):
+    """A web dyno or CNB web process, as the scenarios use it."""
+
+    def get(self, path: str, timeout: float = 60) -> tuple[int, Any]: ...
+
+    def post_json(self, path: str, obj: Any, timeout: float = 60) -> tuple[int, Any]: ...
+
+    def worker_pids(self) -> list[int]: ...
+
+
+def gunicorn_workers(web: WebProcess, count: int) -> list[int]:
+    """The pids of the web process's ``count`` gunicorn workers, once all are up."""
+    return wait_until(
+        lambda: len(web.worker_pids()) == count and web.worker_pids(),
+        timeout=30,
+        interval=0.05,
+        message=f"{count} gunicorn workers",
+    )
+
+
+def first_query_in_every_worker(web: WebProcess, workers: list[int]) -> None:
+    """One query at a time until every worker has made one (and so built its pool).
+
+    Makes sure every worker has built its pool before a burst is measured.
+    Needs POOL_MAX_OVERFLOW=0, so that the connection stays open for /proc to see.
+    """
+    served: set[int | None] = set()
+    for _ in range(200):
+        status, body = web.post_json("/sql/", {"sql": ["SELECT inet_client_port()"]})
+        assert status == 200, body
+        served.add(tcp_port_owner(workers, body["rows"][0][0]))
+        if served >= set(workers):
+            return
+    raise AssertionError(f"only workers {served} of {workers} answered 200 requests")
+
+
+def djpool_in_every_worker(web: WebProcess, workers: list[int]) -> dict[int, bool]:
+    """Bursts of /whoami/ until every worker answered: {worker pid: djpool loaded there}."""
+    seen: dict[int, bool] = {}
+    for _ in range(20):
+        for body in in_threads(8, lambda _: web.get("/whoami/")[1]):
+            seen[body["pid"]] = body["djpool"]
+        if len(seen) == len(workers):
+            break
+    return seen
+
+
+def backends_by_worker(
+    web: WebProcess, workers: list[int], min_requests: int = 40
+) -> tuple[dict[int, set[int]], int]:
+    """Bursts of 8 queries until every worker served some: ({worker: backend pids}, requests)."""
+    backends_of: dict[int, set[int]] = defaultdict(set)
+
+    def backend(_: int) -> list[int]:
+        status, body = web.post_json(
+            "/sql/", {"sql": ["SELECT pg_backend_pid(), inet_client_port()"]}
+        )
+        assert status == 200, body
+        return body["rows"][0]
+
+    requests = 0
+    for _ in range(20):
+        for backend_pid, port in in_threads(8, backend):
+            requests += 1
+            owner = tcp_port_owner(workers, port)
+            assert owner in workers, f"no worker holds the socket of backend {backend_pid}"
+            backends_of[owner].add(backend_pid)
+        if len(backends_of) == len(workers) and requests >= min_requests:
+            break
+    return dict(backends_of), requests
