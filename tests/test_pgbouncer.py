@@ -508,6 +508,8 @@ def test_pgbouncer_speaks_tls_and_scram_on_both_hops(
         assert server_side_tls is True
         mine = [c for c in bouncer.clients(DATABASE) if c["application_name"] == "tls-check"]
         assert len(mine) == 1 and mine[0]["tls"].startswith("TLSv1."), mine
+    with pytest.raises(psycopg.OperationalError, match="SSL required"):
+        bouncer.connect(DATABASE, ROLE, sslmode="disable").close()
     with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
         bouncer.connect(DATABASE, ROLE, password="not-" + server.password_of(ROLE)).close()
     with pytest.raises(psycopg.OperationalError):

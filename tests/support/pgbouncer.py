@@ -168,9 +168,9 @@ class PgBouncer:
         server_tls: server_tls_sslmode ("verify-full" by default, which needs
             ``server_ca_file``; "require"; "disable").
         server_ca_file: the CA that signed PostgreSQL's certificate.
-        client_tls: PgBouncer accepts TLS from clients (client_tls_sslmode =
-            allow, with a certificate of its own). Whether a client uses it is
-            the client's sslmode, which ``url()`` sets to require.
+        client_tls: clients must use TLS (client_tls_sslmode = require, with a
+            certificate of its own), as Heroku's pooler requires; ``url()``
+            asks for it (sslmode=require). False: plain TCP only.
         settings: more or different [pgbouncer] settings, last word over the above
             (a value of None removes a setting).
         port: a fixed port; by default a free one is picked at the first start
@@ -366,7 +366,7 @@ class PgBouncer:
         }
         if self.client_tls:
             settings.update(
-                client_tls_sslmode="allow",
+                client_tls_sslmode="require",
                 client_tls_cert_file=str(self._path("tls", "pgbouncer.crt")),
                 client_tls_key_file=str(self._path("tls", "pgbouncer.key")),
             )
