@@ -40,7 +40,7 @@ declare -A CHROOT_PACKAGES=(
 )
 declare -A CHROOT_EXTRA=([forky]="" [trixie]="postgresql-17")
 declare -A CHROOT_VENVS=(
-	[forky]="py314-dj61-psycopg3 py314-dj60-psycopg2 djsuite-py314-dj61-psycopg3 djsuite-py314-dj61-psycopg2"
+	[forky]="py314-dj61-psycopg3 py314-dj60-psycopg2 djsuite-py314-dj61-psycopg3 djsuite-py314-dj61-psycopg2 celery-py314-dj61-psycopg3"
 	[trixie]="py313-dj52-psycopg3"
 )
 

@@ -22,6 +22,7 @@ EXTRA_VENVS=(
 	djsuite-dj52-psycopg3 djsuite-dj52-psycopg2 djsuite-dj42-psycopg3 djsuite-dj42-psycopg2
 	workers-dj52-psycopg3 workers-dj52-psycopg2
 	otel-dj52-psycopg3
+	celery-dj52-psycopg3
 )
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore

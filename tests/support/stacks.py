@@ -33,7 +33,8 @@ STACKS_DIR = REPO / ".venv" / "stacks"
 STACKS: tuple[str, ...] = ("dj52-psycopg3", "dj52-psycopg2", "dj42-psycopg3", "dj42-psycopg2")
 DEFAULT_STACK = "dj52-psycopg3"
 # Venvs with more than a stack has, each for its own tests (never parametrised over):
-# Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py).
+# Django's own test suite (tests/django_suite.py), the worker types (tests/test_compat.py),
+# Celery's prefork pool (tests/test_celery.py).
 EXTRA_VENVS: tuple[str, ...] = (
     "djsuite-dj52-psycopg3",
     "djsuite-dj52-psycopg2",
@@ -42,6 +43,7 @@ EXTRA_VENVS: tuple[str, ...] = (
     "workers-dj52-psycopg3",
     "workers-dj52-psycopg2",
     "otel-dj52-psycopg3",
+    "celery-dj52-psycopg3",
 )
 
 # Stacks whose Python runs inside a chroot (tests/setup_chroots.sh), by chroot:
@@ -51,10 +53,11 @@ CHROOT_STACKS: dict[str, str] = {
     "py314-dj60-psycopg2": "forky",
     "py313-dj52-psycopg3": "trixie",
 }
-# Django's own test suite on Python 3.14 + Django 6.1, both drivers.
+# Django's own test suite on Python 3.14 + Django 6.1, both drivers; Celery's prefork pool.
 CHROOT_VENVS: dict[str, str] = {
     "djsuite-py314-dj61-psycopg3": "forky",
     "djsuite-py314-dj61-psycopg2": "forky",
+    "celery-py314-dj61-psycopg3": "forky",
 }
 CHROOTS_DIR = REPO / ".venv" / "chroots"
 CHROOT_SH = REPO / "tests" / "support" / "chroot.sh"
