@@ -18,11 +18,7 @@ source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 
-function bench::on_error() {
-	output::error <<<"bench/setup.sh failed at line $1 (exit status $2).
-Fix the error above and run it again: bash bench/setup.sh"
-}
-trap 'bench::on_error "${LINENO}" "$?"' ERR
+trap 'system::on_error "${LINENO}" "$?"' ERR
 
 function bench::ensure_packages() {
 	local missing=()

@@ -51,11 +51,7 @@ source "${REPO}/lib/output.sh"
 # shellcheck source=tests/support/system.sh
 source "${REPO}/tests/support/system.sh"
 
-function setup::on_error() {
-	output::error <<<"tests/setup_chroots.sh failed at line $1 (exit status $2).
-Fix the error above and run it again: bash tests/setup_chroots.sh"
-}
-trap 'setup::on_error "${LINENO}" "$?"' ERR
+trap 'system::on_error "${LINENO}" "$?"' ERR
 
 function system::ensure_tools() {
 	local missing=()

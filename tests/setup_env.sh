@@ -35,11 +35,7 @@ source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 
-function setup::on_error() {
-	output::error <<<"tests/setup_env.sh failed at line $1 (exit status $2).
-Fix the error above and run it again: bash tests/setup_env.sh"
-}
-trap 'setup::on_error "${LINENO}" "$?"' ERR
+trap 'system::on_error "${LINENO}" "$?"' ERR
 
 # The newest initdb: pg_config's bindir, then /usr/lib/postgresql/*/bin, then PATH.
 # tests/support/postgres.py looks in the same places.

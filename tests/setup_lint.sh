@@ -18,11 +18,7 @@ source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 
-function lint::on_error() {
-	output::error <<<"tests/setup_lint.sh failed at line $1 (exit status $2).
-Fix the error above and run it again: bash tests/setup_lint.sh"
-}
-trap 'lint::on_error "${LINENO}" "$?"' ERR
+trap 'system::on_error "${LINENO}" "$?"' ERR
 
 function lint::ensure_packages() {
 	local missing=()

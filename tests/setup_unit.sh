@@ -17,11 +17,7 @@ source "${REPO}/tests/support/system.sh"
 # shellcheck source=tests/support/venv.sh
 source "${REPO}/tests/support/venv.sh"
 
-function unit::on_error() {
-	output::error <<<"tests/setup_unit.sh failed at line $1 (exit status $2).
-Fix the error above and run it again: bash tests/setup_unit.sh"
-}
-trap 'unit::on_error "${LINENO}" "$?"' ERR
+trap 'system::on_error "${LINENO}" "$?"' ERR
 
 function main() {
 	uv::ensure "${REPO}/.venv"

@@ -142,3 +142,5 @@ def test_prefork_children_pool_their_own_connections_never_the_parents(
     for error in TLS_ERRORS:
         assert error not in text.lower(), text
     assert len(stacks.Result(0, "", text).djpool_lines()) == 1, text  # loaded once, in the parent
+    # The broker's files all stayed in the test's directory, none in the app's.
+    assert not (stacks.APP_DIR / "control").exists()

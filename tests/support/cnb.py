@@ -100,9 +100,8 @@ from support.heroku import (  # noqa: E402
     find_uv,
     python_install,
 )
-from support.httpclient import HttpMethods  # noqa: E402
-from support.procs import children_of, free_port, stop_group  # noqa: E402
-from support.waiting import wait_until  # noqa: E402
+from support.launched import LaunchedProcess  # noqa: E402
+from support.procs import free_port  # noqa: E402
 
 BUILDPACK_DIR = REPO
 DETECT_PASS, DETECT_FAIL = 0, 100
@@ -1147,76 +1146,27 @@ class CnbApp:
         return found
 
 
-class CnbProcess(HttpMethods):
-    """One launched process; ``stop()`` (or ``with``) ends its whole process group."""
+class CnbProcess(LaunchedProcess):
+    """One launched process of the built app."""
 
     def __init__(
         self, app: CnbApp, process_type: str, env: Mapping[str, str] | None = None
     ) -> None:
+        super().__init__(process_type, app.log_dir / f"{process_type}-{secrets.token_hex(4)}.log")
         self.app = app
         self.process_type = process_type
-        self.port = free_port()
         extra = dict(env or {})
         # Local only: gunicorn would bind 0.0.0.0:$PORT.
         if process_type == "web" and "GUNICORN_CMD_ARGS" not in {**app.config, **extra}:
             extra["GUNICORN_CMD_ARGS"] = f"--bind 127.0.0.1:{self.port} --access-logfile -"
         self.env = app.launch_env(process_type, extra, self.port)
-        app.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = app.log_dir / f"{process_type}-{secrets.token_hex(4)}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> CnbProcess:
         command = self.app.command_for(self.process_type)
         command[0] = self.app._lookup(command[0], self.env)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=self.app.app_dir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        if self.process_type == "web":
-
-            def ready() -> bool:
-                if self.process is not None and self.process.poll() is not None:
-                    raise EmulatorError(
-                        f"{self.process_type} exited with status "
-                        f"{self.process.returncode}:\n{self.log_text()[-4000:]}"
-                    )
-                return self.answers()
-
-            wait_until(
-                ready,
-                timeout=timeout,
-                interval=0.05,
-                message=f"{self.process_type} answering /health/",
-            )
-        return self
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def worker_pids(self) -> list[int]:
-        return children_of(self.process.pid) if self.process is not None else []
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.process is None:
-            return None
-        process, self.process = self.process, None
-        return stop_group(process, timeout)
-
-    def __enter__(self) -> CnbProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return self.launch(
+            command, self.app.app_dir, self.env, web=self.process_type == "web", timeout=timeout
+        )
 
 
 # -- command line ----------------------------------------------------------------------

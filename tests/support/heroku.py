@@ -53,8 +53,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the `support` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from support.httpclient import HttpMethods  # noqa: E402
-from support.procs import children_of, free_port, stop_group  # noqa: E402
+from support.launched import EmulatorError, LaunchedProcess  # noqa: E402
+from support.procs import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDPACK_DIR = REPO
@@ -74,10 +74,6 @@ BUILD_BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # What a dyno has before the config vars and .profile.d: Heroku's base PATH
 # (plus HOME, DYNO and PORT, set per dyno).
 DYNO_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
-
-
-class EmulatorError(RuntimeError):
-    """The emulator itself could not do what was asked (not a failed build)."""
 
 
 @dataclass
@@ -616,80 +612,28 @@ class HerokuApp:
             raise EmulatorError(f"nothing is released at {self.runtime_dir}: build first")
 
 
-class Dyno(HttpMethods):
-    """One running dyno; ``stop()`` (or ``with``) ends its whole process group."""
+class Dyno(LaunchedProcess):
+    """One running dyno of a released app."""
 
     def __init__(
         self, app: HerokuApp, name: str, command: str, env: Mapping[str, str] | None = None
     ) -> None:
+        super().__init__(name, app.log_dir / f"{name}-{secrets.token_hex(4)}.log")
         self.app = app
-        self.name = name
         self.command = command
-        self.port = free_port()
         self.env = app.dyno_env(name, self.port, env)
         if name.startswith("web.") and "GUNICORN_CMD_ARGS" not in self.env:
             # Only so that the emulated dyno listens on loopback alone.
             self.env["GUNICORN_CMD_ARGS"] = f"--bind 127.0.0.1:{self.port} --access-logfile -"
-        app.log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = app.log_dir / f"{name}-{secrets.token_hex(4)}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    base_url = url
 
     def start(self, timeout: float = 60) -> Dyno:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.app.boot_command(self.command),
-                cwd=self.app.runtime_dir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        if self.name.startswith("web."):
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float) -> None:
-        """Poll /health/ until it answers 200, failing early if the dyno exited."""
-        deadline = time.monotonic() + timeout
-        while not self.answers("/health/", timeout=5):
-            if self.process is not None and self.process.poll() is not None:
-                raise EmulatorError(
-                    f"{self.name} exited with status {self.process.returncode}:\n"
-                    + self.log_text()[-4000:]
-                )
-            if time.monotonic() > deadline:
-                raise EmulatorError(
-                    f"{self.name} did not answer within {timeout:.0f} s:\n"
-                    + self.log_text()[-4000:]
-                )
-            time.sleep(0.05)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def worker_pids(self) -> list[int]:
-        """The children of the dyno's main process (gunicorn's workers), from /proc."""
-        return children_of(self.process.pid) if self.process is not None else []
-
-    def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM the dyno's process group (as Heroku does), SIGKILL what is left."""
-        if self.process is None:
-            return None
-        process, self.process = self.process, None
-        return stop_group(process, timeout, term_whole_group=True, kill_timeout=10)
-
-    def __enter__(self) -> Dyno:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return self.launch(
+            self.app.boot_command(self.command),
+            self.app.runtime_dir,
+            self.env,
+            web=self.name.startswith("web."),
+            timeout=timeout,
+        )
 
 
 # -- command line -------------------------------------------------------------

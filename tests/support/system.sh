@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Installing Debian packages for the test and benchmark setup scripts.
-# Sourced after lib/output.sh; needs root, or sudo.
+# Installing Debian packages for the test and benchmark setup scripts, and
+# their one way of failing. Sourced after lib/output.sh; needs root, or sudo.
+
+# Usage: trap 'system::on_error "${LINENO}" "$?"' ERR
+# One error line naming the setup script, the line and how to try again.
+function system::on_error() {
+	output::error <<<"${0} failed at line $1 (exit status $2).
+Fix the error above and run it again: bash ${0}"
+}
 
 function system::as_root() {
 	if [[ "$(id -u)" == 0 ]]; then

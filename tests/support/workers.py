@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Protocol
 
-from support.concurrency import in_threads
+from support.concurrency import Sampler, in_threads
 from support.procs import tcp_port_owner
 from support.waiting import wait_until
 
@@ -88,3 +88,20 @@ def backends_by_worker(
         if len(backends_of) == len(workers) and requests >= min_requests:
             break
     return dict(backends_of), requests
+
+
+def peak_connections_under_load(
+    web: WebProcess, pg: Any, appname: str, clients: int = 16, requests_each: int = 6
+) -> tuple[list[int], int]:
+    """``clients`` threads at once, each making ``requests_each`` 100 ms requests.
+
+    Returns their statuses and the most server connections of ``appname``
+    that pg_stat_activity showed at any moment of it.
+    """
+
+    def fire(_: int) -> list[int]:
+        return [web.get("/slow/?ms=100")[0] for _ in range(requests_each)]
+
+    with Sampler(lambda: len(pg.backends(application_name=appname)), interval=0.01) as sampler:
+        statuses = [status for batch in in_threads(clients, fire) for status in batch]
+    return statuses, sampler.highest

@@ -25,7 +25,7 @@ from celery import Celery, signals
 
 DATA_DIR = Path(os.environ["APP_CELERY_DIR"])
 # The transport expects its folders to exist.
-for folder in ("queue", "processed"):
+for folder in ("queue", "processed", "control"):
     (DATA_DIR / folder).mkdir(exist_ok=True)
 
 app = Celery("core")
@@ -35,6 +35,8 @@ app.conf.update(
         "data_folder_in": str(DATA_DIR / "queue"),
         "data_folder_out": str(DATA_DIR / "queue"),
         "data_folder_processed": str(DATA_DIR / "processed"),
+        # Where kombu keeps its broadcast exchanges (default: ./control, the app's dir).
+        "control_folder": str(DATA_DIR / "control"),
         "polling_interval": 0.1,  # seconds between looks at the queue folder (default 1)
     },
     task_ignore_result=True,
