@@ -353,30 +353,68 @@ def _dynos(count: int, kind: str) -> str:
 
 
 def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[..., None]) -> int:
+    """The whole report: configuration, server, budget; FITS or DOES_NOT_FIT."""
     settings = config.pool_settings(environ)
+    concurrency = _say_configuration(environ, args, settings, say)
+    facts = _connect(environ, args, say)
+    _say_server(facts, say)
+    formation = Formation(
+        per_process=settings.size + settings.max_overflow,
+        web_dynos=args.dynos,
+        web_concurrency=concurrency,
+        worker_dynos=args.worker_dynos,
+        worker_concurrency=args.worker_concurrency,
+    )
+    verdict = judge(formation, facts.limit, settings.max_overflow)
+    _say_budget(formation, settings, concurrency, say)
+    if verdict.fits:
+        spare = verdict.limit - verdict.needed
+        say(
+            f"fits: at most {verdict.needed} of the {verdict.limit} connections role "
+            f"{facts.role!r} may open ({spare} left for heroku run, the release phase "
+            "and other clients)"
+        )
+        say(f"up to {_dynos(verdict.web_dynos_that_fit, 'web')} fit with these settings")
+        return FITS
+    _say_what_to_change(formation, settings, verdict, facts.role, say)
+    return DOES_NOT_FIT
+
+
+def _say_configuration(
+    environ: Mapping[str, str],
+    args: argparse.Namespace,
+    settings: config.PoolSettings,
+    say: Callable[..., None],
+) -> int:
+    """The effective configuration (never the password); returns WEB_CONCURRENCY."""
     metrics = config.metrics_settings(environ)
-    disabled = config.is_disabled(environ)
     concurrency, concurrency_from = web_concurrency(environ, args.web_concurrency)
     say("djpool doctor", STEP)
     say("Configuration", STEP)
     interval = f" POOL_METRICS_INTERVAL={metrics.interval}s"
-    unpooled = " (POOL_DISABLED: the app runs unpooled)" if disabled else ""
+    unpooled = " (POOL_DISABLED: the app runs unpooled)" if config.is_disabled(environ) else ""
     say(settings.describe() + interval + unpooled)
     say(f"WEB_CONCURRENCY={concurrency} ({concurrency_from})")
+    return concurrency
 
+
+def _connect(
+    environ: Mapping[str, str], args: argparse.Namespace, say: Callable[..., None]
+) -> ServerFacts:
+    """Connect once the way the app does: Django's settings if named, else DATABASE_URL."""
     url = environ.get("DATABASE_URL", "").strip()
     if environ.get("DJANGO_SETTINGS_MODULE", "").strip():
         target, connection = through_django(environ, args.alias)
         say(f"connects through {target.how}: {target.where}")
         password = str(connection.settings_dict.get("PASSWORD") or "")
-        facts = query_django(connection, [password, url])
-    elif url:
-        where = config.database_target(url).describe()
-        say(f"connects through DATABASE_URL: {where}")
-        facts = query_url(url)
-    else:
-        raise CannotTell("neither DJANGO_SETTINGS_MODULE nor DATABASE_URL is set")
+        return query_django(connection, [password, url])
+    if url:
+        say(f"connects through DATABASE_URL: {config.database_target(url).describe()}")
+        return query_url(url)
+    raise CannotTell("neither DJANGO_SETTINGS_MODULE nor DATABASE_URL is set")
 
+
+def _say_server(facts: ServerFacts, say: Callable[..., None]) -> None:
     say("Server", STEP)
     tls = f"TLS {facts.tls}" if facts.tls else "no TLS"
     say(f"PostgreSQL {facts.version}, this connection: {tls}")
@@ -393,14 +431,13 @@ def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[
     shown = ", ".join(f"{count} {name}" for name, count in facts.in_use[:8])
     say(f"in use now, besides this one: {in_use}" + (f" ({shown})" if shown else ""))
 
-    formation = Formation(
-        per_process=settings.size + settings.max_overflow,
-        web_dynos=args.dynos,
-        web_concurrency=concurrency,
-        worker_dynos=args.worker_dynos,
-        worker_concurrency=args.worker_concurrency,
-    )
-    verdict = judge(formation, facts.limit, settings.max_overflow)
+
+def _say_budget(
+    formation: Formation,
+    settings: config.PoolSettings,
+    concurrency: int,
+    say: Callable[..., None],
+) -> None:
     say("Connection budget", STEP)
     say(
         f"each process: POOL_SIZE {settings.size} + POOL_MAX_OVERFLOW {settings.max_overflow}"
@@ -417,18 +454,19 @@ def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[
             f" processes x {formation.per_process}"
         )
     say(f"formation: {formula} = {formation.total}")
-    if verdict.fits:
-        spare = verdict.limit - verdict.needed
-        say(
-            f"fits: at most {verdict.needed} of the {verdict.limit} connections role "
-            f"{facts.role!r} may open ({spare} left for heroku run, the release phase "
-            "and other clients)"
-        )
-        say(f"up to {_dynos(verdict.web_dynos_that_fit, 'web')} fit with these settings")
-        return FITS
+
+
+def _say_what_to_change(
+    formation: Formation,
+    settings: config.PoolSettings,
+    verdict: Verdict,
+    role: str,
+    say: Callable[..., None],
+) -> None:
+    """Why the formation does not fit, and the POOL_SIZE (or the pooler) that would."""
     say(
         f"Error: does not fit: the formation may open {verdict.needed} connections; "
-        f"role {facts.role!r} may open {verdict.limit}.",
+        f"role {role!r} may open {verdict.limit}.",
         ERROR,
     )
     say(f"With these settings {_dynos(verdict.web_dynos_that_fit, 'web')} fit.", ERROR)
@@ -452,4 +490,3 @@ def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[
             ERROR,
         )
         say(f"({CONNECTION_POOLING}), use fewer processes, or a larger plan.", ERROR)
-    return DOES_NOT_FIT
