@@ -29,8 +29,7 @@ from support.logs import djpool_lines
 from support.procs import free_port, tcp_port_owner
 from support.waiting import wait_until
 from support.workers import (
-    backends_by_worker,
-    djpool_in_every_worker,
+    every_worker_pools,
     first_query_in_every_worker,
     gunicorn_workers,
     peak_connections_under_load,
@@ -453,18 +452,10 @@ def test_every_web_worker_pools(
     # No overflow here: every connection a worker opens stays open in its pool,
     # so /proc can still say which worker holds it after the request.
     web = dynos(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = gunicorn_workers(web, WORKERS)
-    assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
-    seen = djpool_in_every_worker(web, workers)
-    assert sorted(seen) == workers
-    assert all(seen.values()), seen
-
     # Which worker used which server backend (support.workers says how it knows).
-    first_query_in_every_worker(web, workers)
-    backends_of, requests = backends_by_worker(web, workers)
-    assert sorted(backends_of) == workers
-    for worker, pids in backends_of.items():
-        assert 1 <= len(pids) <= POOL_SIZE, (worker, pids)
+    backends_of, requests = every_worker_pools(web, WORKERS, POOL_SIZE)
+    assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
+    workers = sorted(backends_of)
 
     # Between requests the pooled connections stay open (idle) in pg_stat_activity.
     idle = {b.pid for b in pg.backends(application_name=appname)}

@@ -42,8 +42,7 @@ from support.heroku import REPO
 from support.logs import djpool_lines
 from support.procs import free_port
 from support.workers import (
-    backends_by_worker,
-    djpool_in_every_worker,
+    every_worker_pools,
     first_query_in_every_worker,
     gunicorn_workers,
     peak_connections_under_load,
@@ -698,18 +697,8 @@ def test_every_web_worker_pools(
     base_app: CnbApp, processes, pg, appname: str, database_url: str
 ) -> None:
     web = processes(base_app, "web", {"DATABASE_URL": database_url, "POOL_MAX_OVERFLOW": "0"})
-    workers = gunicorn_workers(web, WORKERS)
+    backends_of, requests = every_worker_pools(web, WORKERS, POOL_SIZE)
     assert len(djpool_lines(web.log_text())) == 1  # --preload: the master loads djpool once
-
-    seen = djpool_in_every_worker(web, workers)
-    assert sorted(seen) == workers
-    assert all(seen.values()), seen
-
-    first_query_in_every_worker(web, workers)
-    backends_of, requests = backends_by_worker(web, workers)
-    assert sorted(backends_of) == workers
-    for worker, pids in backends_of.items():
-        assert 1 <= len(pids) <= POOL_SIZE, (worker, pids)
     everything = set().union(*backends_of.values())
     assert pg.connections_opened(application_name=appname) == len(everything) < requests
 

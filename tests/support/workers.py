@@ -105,3 +105,24 @@ def peak_connections_under_load(
     with Sampler(lambda: len(pg.backends(application_name=appname)), interval=0.01) as sampler:
         statuses = [status for batch in in_threads(clients, fire) for status in batch]
     return statuses, sampler.highest
+
+
+def every_worker_pools(
+    web: WebProcess, count: int, pool_size: int
+) -> tuple[dict[int, set[int]], int]:
+    """The buildpacks' shared scenario: ``count`` workers, djpool in each, each its own pool.
+
+    Every worker answers with djpool loaded, and uses between 1 and
+    ``pool_size`` server backends of its own. Returns ({worker: backend
+    pids}, requests made) for the caller's own assertions.
+    """
+    workers = gunicorn_workers(web, count)
+    seen = djpool_in_every_worker(web, workers)
+    assert sorted(seen) == workers
+    assert all(seen.values()), seen
+    first_query_in_every_worker(web, workers)
+    backends_of, requests = backends_by_worker(web, workers)
+    assert sorted(backends_of) == workers
+    for worker, pids in backends_of.items():
+        assert 1 <= len(pids) <= pool_size, (worker, pids)
+    return backends_of, requests
