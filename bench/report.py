@@ -26,7 +26,7 @@ from setups import BUDGET_PATH, CEILING, DJPOOL_MAX_OVERFLOW, DJPOOL_POOL_SIZE, 
 
 START_MARK = "<!-- bench:results:start -->"
 END_MARK = "<!-- bench:results:end -->"
-POOLED_ALTERNATIVES = ("b", "d-sess", "d-txn", "e", "f")
+POOLED_ALTERNATIVES = ("b", "d-sess", "d-txn", "e", "e-reset", "f")
 
 
 def paired(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -159,10 +159,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio = _relative(c, x)
                 add(f"c / {other} req/s, {workload}", ratio, ">= 1.00", ratio >= 1.0)
     for workload in WORKLOADS:
-        c, e = summary.get(("c", workload)), summary.get(("e", workload))
-        if c and e:
-            ratio = _ratio(c["app_cpu_us"], e["app_cpu_us"])
-            add(f"c / e app CPU per request, {workload}", ratio, "<= 1.00", ratio <= 1.0)
+        for native in ("e", "e-reset"):  # Django's own pool, without and with djpool's reset
+            c, e = summary.get(("c", workload)), summary.get((native, workload))
+            if c and e:
+                ratio = _ratio(c["app_cpu_us"], e["app_cpu_us"])
+                add(f"c / {native} app CPU per request, {workload}", ratio, "<= 1.00", ratio <= 1.0)
     limit = workers * (DJPOOL_POOL_SIZE + DJPOOL_MAX_OVERFLOW)
     peaks = [
         summary[("c", workload)]["peak_connections"]

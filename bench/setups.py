@@ -78,6 +78,18 @@ SETUPS: tuple[Setup, ...] = (
         "Django native pool (psycopg_pool, OPTIONS['pool']=True)",
         env={"APP_CONN_MAX_AGE": "0", "BENCH_DB_OPTIONS": '{"pool": true}'},
     ),
+    # e with djpool's guarantee: psycopg_pool runs DISCARD ALL on every returned
+    # connection (in its worker thread), and the time zone rides in the startup
+    # packet as djpool puts it, so the reset does not cost Django a SET TIME ZONE.
+    Setup(
+        "e-reset",
+        "Django native pool + DISCARD ALL on return (djpool's isolation)",
+        env={
+            "APP_CONN_MAX_AGE": "0",
+            "BENCH_DB_OPTIONS": '{"pool": true, "options": "-c TimeZone=UTC"}',
+            "BENCH_POOL_RESET": "discard_all",
+        },
+    ),
     Setup(
         "f",
         "django-db-connection-pool (defaults)",

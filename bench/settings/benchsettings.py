@@ -7,6 +7,8 @@ adjusted per setup, from variables the benchmark sets (never a user):
     BENCH_DB_ENGINE      ENGINE, e.g. dj_db_conn_pool.backends.postgresql
     BENCH_DB_OPTIONS     JSON merged into OPTIONS, e.g. {"pool": true}
     BENCH_POOL_OPTIONS   JSON for django-db-connection-pool's POOL_OPTIONS
+    BENCH_POOL_RESET     "discard_all": Django's own pool runs DISCARD ALL on every
+                         return (psycopg_pool's reset callback), djpool's guarantee
 
 The app's own APP_CONN_MAX_AGE / APP_CONN_HEALTH_CHECKS still apply first.
 """
@@ -27,3 +29,15 @@ if os.environ.get("BENCH_DB_OPTIONS"):
     _db.setdefault("OPTIONS", {}).update(json.loads(os.environ["BENCH_DB_OPTIONS"]))
 if os.environ.get("BENCH_POOL_OPTIONS"):
     _db["POOL_OPTIONS"] = json.loads(os.environ["BENCH_POOL_OPTIONS"])
+
+
+def _discard_all(connection):  # type: ignore[no-untyped-def]
+    """psycopg_pool's reset callback: the session of every returned connection wiped."""
+    connection.autocommit = True  # DISCARD ALL refuses to run inside a transaction
+    connection.execute("DISCARD ALL")
+
+
+if os.environ.get("BENCH_POOL_RESET") == "discard_all":
+    _options = _db.setdefault("OPTIONS", {})
+    _pool = _options.get("pool")
+    _options["pool"] = {**(_pool if isinstance(_pool, dict) else {}), "reset": _discard_all}
