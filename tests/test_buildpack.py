@@ -29,6 +29,7 @@ from support.logs import djpool_lines
 from support.procs import free_port, tcp_port_owner
 from support.waiting import wait_until
 from support.workers import (
+    OWN_SQLALCHEMY_PROBE,
     every_worker_pools,
     first_query_in_every_worker,
     gunicorn_workers,
@@ -288,38 +289,30 @@ def test_heroku_ci_build_in_the_app_dir_itself(
     assert last_line(done.stdout) == "patched True"
 
 
+# What heroku/python's export file (builds) and python.sh (dynos) both set.
+PYTHON_BUILDPACK_ENV = {
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PYTHONUNBUFFERED",
+    "PYTHONHOME",
+    "LIBRARY_PATH",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "PYTHONPATH",
+}
 # What Heroku gives a buildpack (STACK, HOME, PATH), what heroku/python's export
 # file sets, and what bash itself sets. Nothing else may reach a build.
-BUILD_ENV = {
-    "STACK",
-    "HOME",
-    "PATH",
-    "PIP_DISABLE_PIP_VERSION_CHECK",
-    "PYTHONUNBUFFERED",
-    "PYTHONHOME",
-    "LIBRARY_PATH",
-    "LD_LIBRARY_PATH",
-    "LANG",
-    "PYTHONPATH",
-}
+BUILD_ENV = {"STACK", "HOME", "PATH"} | PYTHON_BUILDPACK_ENV
 # A dyno: Heroku's dyno variables, the config vars, then .profile.d (heroku/python's
 # python.sh and python.gunicorn.sh, djpool's djpool.sh).
-DYNO_ENV = {
-    "HOME",
-    "PATH",
-    "DYNO",
-    "PORT",
-    "PIP_DISABLE_PIP_VERSION_CHECK",
-    "PYTHONUNBUFFERED",
-    "PYTHONHOME",
-    "LIBRARY_PATH",
-    "LD_LIBRARY_PATH",
-    "LANG",
-    "PYTHONPATH",
-    "FORWARDED_ALLOW_IPS",
-    "GUNICORN_CMD_ARGS",
-    "DJPOOL_PYTHON_PREFIX",
-}
+DYNO_ENV = (
+    {"HOME", "PATH", "DYNO", "PORT"}
+    | PYTHON_BUILDPACK_ENV
+    | {
+        "FORWARDED_ALLOW_IPS",
+        "GUNICORN_CMD_ARGS",
+        "DJPOOL_PYTHON_PREFIX",
+    }
+)
 BASH_OWN = {"PWD", "OLDPWD", "SHLVL", "_"}
 RUNNER_ONLY = {
     "PYTHONDONTWRITEBYTECODE": "1",
@@ -590,14 +583,7 @@ def test_the_apps_own_sqlalchemy_is_kept_and_pools(
     assert "privately" not in build.stdout  # nothing to install
     assert not (app.runtime_dir / ".djpool" / "vendor").exists()
 
-    code = (
-        "import os, sqlalchemy\n"
-        "from django.db import connection\n"
-        "with connection.cursor() as c: c.execute('SELECT 1')\n"
-        "from djpool import startup\n"
-        "print(sqlalchemy.__version__, startup.registry() is not None, "
-        "os.environ.get('APP_SITECUSTOMIZE'))"
-    )
+    code = OWN_SQLALCHEMY_PROBE
     done = app.run(shell_python(code), env={"DATABASE_URL": database_url})
     assert done.returncode == 0, done.stderr
     expected_sitecustomize = "loaded" if variant.startswith("sqlalchemy14") else "None"

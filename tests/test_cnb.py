@@ -42,6 +42,7 @@ from support.heroku import REPO
 from support.logs import djpool_lines
 from support.procs import free_port
 from support.workers import (
+    OWN_SQLALCHEMY_PROBE,
     every_worker_pools,
     first_query_in_every_worker,
     gunicorn_workers,
@@ -639,14 +640,7 @@ def test_the_apps_own_sqlalchemy_is_kept_and_pools(
     assert f"       SQLAlchemy {version}: the app's own copy" in build.log
     assert "privately" not in build.log
     assert not (app.layers_dir / DJPOOL_LAYERS / "runtime" / "djpool" / "vendor").exists()
-    code = (
-        "import os, sqlalchemy\n"
-        "from django.db import connection\n"
-        "with connection.cursor() as c: c.execute('SELECT 1')\n"
-        "from djpool import startup\n"
-        "print(sqlalchemy.__version__, startup.registry() is not None, "
-        "os.environ.get('APP_SITECUSTOMIZE'))"
-    )
+    code = OWN_SQLALCHEMY_PROBE
     # On Fir nothing puts the app dir on sys.path before Python's site runs, so
     # an app's own sitecustomize.py runs only if the app's PYTHONPATH names the
     # app dir; then the shim, first on PYTHONPATH, runs it too.

@@ -126,3 +126,16 @@ def every_worker_pools(
     for worker, pids in backends_of.items():
         assert 1 <= len(pids) <= pool_size, (worker, pids)
     return backends_of, requests
+
+
+# Run in a one-off process of an app that brings its own SQLAlchemy (both
+# buildpacks' test): prints the SQLAlchemy version the app got, whether djpool
+# built its registry, and what the app's own sitecustomize.py marked.
+OWN_SQLALCHEMY_PROBE = (
+    "import os, sqlalchemy\n"
+    "from django.db import connection\n"
+    "with connection.cursor() as c: c.execute('SELECT 1')\n"
+    "from djpool import startup\n"
+    "print(sqlalchemy.__version__, startup.registry() is not None, "
+    "os.environ.get('APP_SITECUSTOMIZE'))"
+)
