@@ -25,6 +25,7 @@ from support import stacks
 from support.appserver import AppServer
 from support.concurrency import Load, in_parallel, start_in_thread, summary
 from support.logs import script_results
+from support.pgbouncer import PgBouncer
 from support.postgres import PostgresServer
 from support.waiting import wait_until
 
@@ -606,6 +607,74 @@ def test_doctor_rejects_a_bad_setting_with_one_line(small_pg, doctor_env):
         " !     Error: POOL_SIZE='lots' is not valid: expected a whole number from 1 to 1000"
         in result.stdout
     ), result.stdout
+
+
+@pytest.fixture(scope="module")
+def small_bouncer(small_pg: PostgresServer) -> Iterator[PgBouncer]:
+    """A transaction pooler in front of small_pg, as Heroku's Connection Pooling is."""
+    with PgBouncer.for_server(
+        small_pg, {"app": "app"}, {"app": small_pg.password_of("app")}, default_pool_size=5
+    ) as bouncer:
+        yield bouncer
+
+
+def test_doctor_behind_a_transaction_pooler_counts_the_formation_as_the_poolers_clients(
+    small_pg, small_bouncer
+):
+    pooled_url = small_bouncer.url("app", "app")
+    env = {
+        "DATABASE_URL": pooled_url,
+        "DATABASE_CONNECTION_POOL_URL": pooled_url,
+        "POOL_SIZE": "5",
+        "WEB_CONCURRENCY": "2",
+    }
+    result = doctor(env, "--dynos", "10")  # 100 connections: 17 directly would not do
+    assert result.returncode == 0, result
+    out = result.stdout
+    address = f"127.0.0.1:{small_bouncer.port}"
+    assert f"connects through DATABASE_URL: database 'app' on {address} as 'app'" in out, out
+    assert "max_connections=20 (superuser_reserved_connections=3" in out, out
+    assert "the pooler's connection to it: TLS TLSv1." in out, out
+    assert "formation: 10 web dynos x 10 = 100" in out, out
+    assert (
+        f"behind a transaction pooler ({address}, DATABASE_CONNECTION_POOL_URL): these 100 "
+        "are client connections to the pooler, not server connections" in out
+    ), out
+    assert "its pool size must stay within the 17 connections role 'app' may open" in out, out
+    assert "fits: the pooler must accept 100 client connections from the app" in out, out
+    assert "Error" not in out, out
+    assert_no_password(small_pg, result)
+
+
+def test_doctor_through_django_settings_sees_the_pooler_named_by_pool_transaction_pooler(
+    small_pg, small_bouncer
+):
+    env = {"DATABASE_URL": small_bouncer.url("app", "app"), "POOL_TRANSACTION_POOLER": "1"}
+    result = doctor(env, "--dynos", "4", app=True)
+    assert result.returncode == 0, result
+    out = result.stdout
+    assert "connects through Django's settings (DJANGO_SETTINGS_MODULE=testproj.settings" in out
+    assert (
+        f"behind a transaction pooler (127.0.0.1:{small_bouncer.port}, "
+        "POOL_TRANSACTION_POOLER=1): these 20 are client connections" in out
+    ), out
+    assert_no_password(small_pg, result)
+
+
+def test_doctor_on_the_direct_url_with_a_pooler_attached_counts_direct_connections(
+    small_pg, small_bouncer, doctor_env
+):
+    env = {**doctor_env, "DATABASE_CONNECTION_POOL_URL": small_bouncer.url("app", "app")}
+    result = doctor(env, "--dynos", "3")
+    assert result.returncode == 1, result
+    out = result.stdout
+    assert "this connection: TLS TLSv1." in out, out
+    assert (
+        "DATABASE_CONNECTION_POOL_URL is set, but this is not its address: the budget "
+        "below counts direct connections (if the app's settings connect through the "
+        "pooler, set DJANGO_SETTINGS_MODULE to check them)" in out
+    ), out
+    assert " !     Error: does not fit: the formation may open 30 connections; " in out, out
 
 
 def _closed_port() -> int:

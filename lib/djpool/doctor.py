@@ -6,7 +6,9 @@ so scaling dynos multiplies them, and Heroku Postgres plans have a fixed
 it connects once the way the app does (through Django's settings when
 DJANGO_SETTINGS_MODULE is set, with the same TLS options; otherwise from
 DATABASE_URL), reads the server's limits and says whether the formation fits,
-how many dynos would, and what to change when it does not.
+how many dynos would, and what to change when it does not. Behind a
+transaction pooler (config.TransactionPooler) the formation's connections are
+the pooler's clients: it says so, and which limits still apply.
 
 Exit status: 0 fits, 1 does not fit, 2 cannot tell (no connection, or a bad
 setting; the line says which, never the password). Importable without Django
@@ -163,7 +165,7 @@ class Target(NamedTuple):
     """How the doctor connects, for the report (no password)."""
 
     how: str  # "Django's settings (...)" or "DATABASE_URL"
-    where: str  # config.DatabaseTarget.describe()
+    where: config.DatabaseTarget
 
 
 def through_django(environ: Mapping[str, str], alias: str) -> tuple[Target, Any]:
@@ -187,7 +189,7 @@ def through_django(environ: Mapping[str, str], alias: str) -> tuple[Target, Any]
         host=str(settings.get("HOST") or ""),
         port=str(settings.get("PORT") or ""),
         user=str(settings.get("USER") or ""),
-    ).describe()
+    )
     how = f"Django's settings (DJANGO_SETTINGS_MODULE={environ.get('DJANGO_SETTINGS_MODULE')}, "
     return Target(how + f"alias {alias!r})", where), connection
 
@@ -355,9 +357,13 @@ def _dynos(count: int, kind: str) -> str:
 def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[..., None]) -> int:
     """The whole report: configuration, server, budget; FITS or DOES_NOT_FIT."""
     settings = config.pool_settings(environ)
+    pooler = config.transaction_pooler(environ)
     concurrency = _say_configuration(environ, args, settings, say)
-    facts = _connect(environ, args, say)
-    _say_server(facts, say)
+    target, connection = _target(environ, args)
+    say(f"connects through {target.how}: {target.where.describe()}")
+    behind = pooler.covers(target.where.host, target.where.port)
+    facts = _query(environ, connection)
+    _say_server(facts, say, behind)
     formation = Formation(
         per_process=settings.size + settings.max_overflow,
         web_dynos=args.dynos,
@@ -365,8 +371,28 @@ def _report(environ: Mapping[str, str], args: argparse.Namespace, say: Callable[
         worker_dynos=args.worker_dynos,
         worker_concurrency=args.worker_concurrency,
     )
-    verdict = judge(formation, facts.limit, settings.max_overflow)
     _say_budget(formation, settings, concurrency, say)
+    if behind:
+        _say_behind_pooler(formation, facts, pooler, target.where, say)
+        return FITS
+    return _say_verdict(formation, settings, facts, pooler, say)
+
+
+def _say_verdict(
+    formation: Formation,
+    settings: config.PoolSettings,
+    facts: ServerFacts,
+    pooler: config.TransactionPooler,
+    say: Callable[..., None],
+) -> int:
+    """Direct connections: FITS, or DOES_NOT_FIT with what to change."""
+    if pooler.forced is None and pooler.host:
+        say(
+            f"{config.POOLER_URL_VARIABLE} is set, but this is not its address: the budget "
+            "below counts direct connections (if the app's settings connect through the "
+            "pooler, set DJANGO_SETTINGS_MODULE to check them)"
+        )
+    verdict = judge(formation, facts.limit, settings.max_overflow)
     if verdict.fits:
         spare = verdict.limit - verdict.needed
         say(
@@ -398,26 +424,34 @@ def _say_configuration(
     return concurrency
 
 
-def _connect(
-    environ: Mapping[str, str], args: argparse.Namespace, say: Callable[..., None]
-) -> ServerFacts:
-    """Connect once the way the app does: Django's settings if named, else DATABASE_URL."""
-    url = environ.get("DATABASE_URL", "").strip()
+def _target(environ: Mapping[str, str], args: argparse.Namespace) -> tuple[Target, Any]:
+    """Where the app connects, and Django's connection there (None: from DATABASE_URL).
+
+    Django's settings when DJANGO_SETTINGS_MODULE is set, else DATABASE_URL.
+    """
     if environ.get("DJANGO_SETTINGS_MODULE", "").strip():
-        target, connection = through_django(environ, args.alias)
-        say(f"connects through {target.how}: {target.where}")
-        password = str(connection.settings_dict.get("PASSWORD") or "")
-        return query_django(connection, [password, url])
+        return through_django(environ, args.alias)
+    url = environ.get("DATABASE_URL", "").strip()
     if url:
-        say(f"connects through DATABASE_URL: {config.database_target(url).describe()}")
-        return query_url(url)
+        return Target("DATABASE_URL", config.database_target(url)), None
     raise CannotTell("neither DJANGO_SETTINGS_MODULE nor DATABASE_URL is set")
 
 
-def _say_server(facts: ServerFacts, say: Callable[..., None]) -> None:
+def _query(environ: Mapping[str, str], connection: Any) -> ServerFacts:
+    """Connect once the way the app does (Django's ``connection``, else DATABASE_URL)."""
+    url = environ.get("DATABASE_URL", "").strip()
+    if connection is None:
+        return query_url(url)
+    password = str(connection.settings_dict.get("PASSWORD") or "")
+    return query_django(connection, [password, url])
+
+
+def _say_server(facts: ServerFacts, say: Callable[..., None], behind_pooler: bool) -> None:
+    """The server's limits; behind a pooler the TLS read is that of the pooler's own connection."""
     say("Server", STEP)
     tls = f"TLS {facts.tls}" if facts.tls else "no TLS"
-    say(f"PostgreSQL {facts.version}, this connection: {tls}")
+    hop = "the pooler's connection to it" if behind_pooler else "this connection"
+    say(f"PostgreSQL {facts.version}, {hop}: {tls}")
     reserved = f"superuser_reserved_connections={facts.superuser_reserved}"
     if facts.reserved is not None:
         reserved += f", reserved_connections={facts.reserved}"
@@ -454,6 +488,34 @@ def _say_budget(
             f" processes x {formation.per_process}"
         )
     say(f"formation: {formula} = {formation.total}")
+
+
+def _say_behind_pooler(
+    formation: Formation,
+    facts: ServerFacts,
+    pooler: config.TransactionPooler,
+    where: config.DatabaseTarget,
+    say: Callable[..., None],
+) -> None:
+    """Behind a transaction pooler the formation's connections are the pooler's clients.
+
+    The server then sees only the pooler's own connections, so the limit above
+    bounds the pooler's pool size, not the formation (docs/transaction-pooling.md).
+    """
+    source = f"{config.POOLER_VARIABLE}=1" if pooler.forced else config.POOLER_URL_VARIABLE
+    address = f"{where.host or 'local socket'}:{where.port or config.DEFAULT_PORT}"
+    say(
+        f"behind a transaction pooler ({address}, {source}): these {formation.total} "
+        "are client connections to the pooler, not server connections"
+    )
+    say(
+        "the server sees only the pooler's own connections: its pool size must stay "
+        f"within the {facts.limit} connections role {facts.role!r} may open"
+    )
+    say(
+        f"fits: the pooler must accept {formation.total} client connections from the app "
+        "(PgBouncer's max_client_conn; its default is 100)"
+    )
 
 
 def _say_what_to_change(
