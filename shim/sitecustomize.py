@@ -10,7 +10,8 @@ tiny, standard-library only and harmless:
    interpreter's sys.prefix and hold its executable: the operating system's
    own python3 started in the same environment is left alone, even with
    heroku/python's PYTHONHOME exported), and POOL_DISABLED is not true;
-   with DJPOOL_DEBUG true, say which of these stopped it;
+   with DJPOOL_DEBUG true, say which of these stopped it; ``python -m djpool``
+   (the doctor) still gets djpool on sys.path, without the hook;
 3. put djpool (../lib) and its private dependencies (../vendor) at the END
    of sys.path, so the app's own packages always win, and register the
    import hook (``djpool.importhook``) that hands over to
@@ -121,6 +122,23 @@ def why_not(environ: "Mapping[str, str]", lib: str) -> "str | None":
     return None
 
 
+def runs_djpool_command(argv: "list[str]") -> bool:
+    """``python -m djpool ...``: djpool's own commands (the doctor) run even where no pool loads.
+
+    argv: the interpreter's command line (``sys.orig_argv``, Python 3.10+).
+    """
+    return any(
+        flag == "-m" and module == "djpool" for flag, module in zip(argv, argv[1:], strict=False)
+    )
+
+
+def _append_djpool_to_path(root: str) -> None:
+    """djpool (../lib) and its private dependencies (../vendor), after the app's own packages."""
+    for extra in (os.path.join(root, "lib"), os.path.join(root, "vendor")):
+        if os.path.isdir(extra) and extra not in sys.path:
+            sys.path.append(extra)
+
+
 def main(environ: "Mapping[str, str]", here: str) -> None:
     """Run the app's sitecustomize, then load djpool unless ``why_not`` says otherwise."""
     _run_original_sitecustomize(here)
@@ -130,10 +148,10 @@ def main(environ: "Mapping[str, str]", here: str) -> None:
     if reason is not None:
         if _is_true(lib, environ.get("DJPOOL_DEBUG")):
             _say(f"not loaded: {reason} (DJPOOL_DEBUG)")
+        if runs_djpool_command(list(getattr(sys, "orig_argv", ()))):
+            _append_djpool_to_path(root)  # importable, no hook: the doctor says what is off
         return
-    for extra in (lib, os.path.join(root, "vendor")):
-        if os.path.isdir(extra) and extra not in sys.path:
-            sys.path.append(extra)
+    _append_djpool_to_path(root)
     from djpool.importhook import when_imported
 
     def activate(module: "ModuleType") -> None:

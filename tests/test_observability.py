@@ -600,6 +600,19 @@ def test_doctor_cannot_connect_names_the_cause_never_the_password(small_pg):
     assert_no_password(small_pg, refused)
 
 
+def test_doctor_runs_where_the_pool_does_not_load(small_pg, doctor_env):
+    disabled = doctor({**doctor_env, "POOL_DISABLED": "1"})
+    assert disabled.returncode == 0, disabled
+    assert "POOL_SIZE=5 POOL_MAX_OVERFLOW=0" in disabled.stdout, disabled.stdout
+    assert "(POOL_DISABLED: the app runs unpooled)" in disabled.stdout, disabled.stdout
+    assert "fits: at most 10 of the 17 connections" in disabled.stdout, disabled.stdout
+    no_url = doctor({"POOL_SIZE": "5"})
+    assert no_url.returncode == 2, no_url
+    assert (
+        " !     Error: neither DJANGO_SETTINGS_MODULE nor DATABASE_URL is set" in no_url.stdout
+    ), no_url
+
+
 def test_doctor_rejects_a_bad_setting_with_one_line(small_pg, doctor_env):
     result = doctor({**doctor_env, "POOL_SIZE": "lots"})
     assert result.returncode == 2, result

@@ -83,3 +83,32 @@ def test_djpool_debug_says_why_it_did_not_load(
     shim.main(environ, os.path.dirname(shim.__file__))
     assert capsys.readouterr().err == said
     assert sys.path == path  # nothing added when it does not load
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["python", "-m", "djpool", "doctor"], True),
+        (["python", "-X", "dev", "-m", "djpool"], True),
+        (["python", "-m", "djpool_other"], False),
+        (["python", "-c", "import djpool"], False),
+        (["python", "manage.py", "-m", "x"], False),
+        ([], False),
+    ],
+)
+def test_python_m_djpool_is_recognised(shim: ModuleType, argv: list[str], command: bool) -> None:
+    assert shim.runs_djpool_command(argv) is command
+
+
+def test_djpool_commands_import_djpool_where_the_pool_does_not_load(
+    shim: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here = os.path.dirname(shim.__file__)
+    lib = os.path.join(os.path.dirname(here), "lib")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != lib])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-c", "pass"], raising=False)
+    shim.main({"DATABASE_URL": URL, "POOL_DISABLED": "1"}, here)
+    assert lib not in sys.path
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "djpool", "doctor"], raising=False)
+    shim.main({"DATABASE_URL": URL, "POOL_DISABLED": "1"}, here)
+    assert sys.path[-1] == lib
