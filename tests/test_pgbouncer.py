@@ -446,6 +446,22 @@ def test_pool_transaction_pooler_names_a_self_hosted_pgbouncer(
     )
 
 
+def test_a_time_zone_one_request_set_is_put_back_for_the_next_behind_the_pooler(
+    server: PostgresServer, bouncer: PgBouncer, start_dynos
+) -> None:
+    """Behind the pooler there is no DISCARD ALL: Django's check at every checkout sets it back.
+
+    One worker, one pooled connection: the next request gets the same client
+    connection to PgBouncer, which keeps the SET for that client.
+    """
+    env = heroku_env(server, bouncer, "zone", WEB_CONCURRENCY="1", POOL_SIZE="1")
+    (dyno,) = start_dynos(1, env)
+    for _ in range(3):
+        status, body = dyno.post_json("/sql/", {"sql": ["SET TIME ZONE 'Asia/Tokyo'"]})
+        assert status == 200, body
+        assert dyno.get("/pooler/session/")[1]["time_zone"] == "UTC"
+
+
 def test_prepare_threshold_is_kept_off_behind_the_pooler(
     server: PostgresServer, bouncer: PgBouncer, start_dynos
 ) -> None:

@@ -41,6 +41,7 @@ db = dj_database_url.config(conn_max_age=int(os.environ.get("APP_CONN_MAX_AGE", 
 db["OPTIONS"].update(json.loads(os.environ.get("APP_OPTIONS", "{}")))
 if os.environ.get("APP_ENGINE"):
     db["ENGINE"] = os.environ["APP_ENGINE"]
+db["AUTOCOMMIT"] = os.environ.get("APP_AUTOCOMMIT", "1") == "1"
 settings.configure(
     DATABASES={"default": db},
     USE_TZ=os.environ.get("APP_USE_TZ", "1") == "1",
@@ -406,6 +407,43 @@ emit(seen=seen)
     assert [row[1:] for row in out["seen"]] == [["America/New_York", "client"]] * 3
 
 
+@pytest.mark.parametrize("stack", [*MAIN_STACKS, "dj42-psycopg2"])
+@pytest.mark.parametrize("autocommit", ["1", "0"])
+def test_a_reused_connection_starts_at_djangos_settings_after_a_request_changed_them(
+    stack, pg, db_env, autocommit
+):
+    # On a reused connection djpool skips Django's per-checkout setup (the reset
+    # left the session at its startup defaults); what that setup guarantees must hold.
+    out = results(
+        run_script(
+            stack,
+            """
+seen = []
+for _ in range(3):
+    seen.append([backend_pid(), one("SHOW TimeZone"), connection.get_autocommit(),
+                 connection.connection.autocommit, connection.connection.info.transaction_status])
+    q("SET TIME ZONE 'UTC'")
+    if not connection.get_autocommit():
+        connection.commit()
+    connection.connection.autocommit = not connection.connection.autocommit  # raw driver call
+    end_request()
+emit(seen=seen)
+""",
+            {
+                **db_env,
+                "POOL_SIZE": "1",
+                "APP_USE_TZ": "0",
+                "APP_TIME_ZONE": "Asia/Tokyo",
+                "APP_AUTOCOMMIT": autocommit,
+            },
+        )
+    )
+    on = autocommit == "1"
+    status = 0 if on else 2  # idle, or in the transaction the SELECT began (INTRANS)
+    assert len({row[0] for row in out["seen"]}) == 1
+    assert [row[1:] for row in out["seen"]] == [["Asia/Tokyo", on, on, status]] * 3
+
+
 @pytest.mark.parametrize("stack", MAIN_STACKS)
 def test_conn_max_age_is_treated_as_zero_with_one_warning(stack, pg, db_env):
     proc = run_script(stack, REUSE, {**db_env, "APP_CONN_MAX_AGE": "600"})
@@ -455,6 +493,53 @@ def test_custom_engine_subclass_is_pooled(stack, pg, db_env, tmp_path):
         )
     )
     assert len(set(out["pids"])) == 1
+
+
+SESSION_SETUP_BACKEND = """
+from django.db.backends.postgresql import base
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    # A backend that sets up each session itself, through Django's own hook.
+    if hasattr(base.DatabaseWrapper, "_configure_connection"):  # Django 5.1+
+        def _configure_connection(self, connection):
+            super()._configure_connection(connection)
+            with connection.cursor() as cursor:
+                cursor.execute("SET statement_timeout = 12345")
+            return True
+    else:
+        def ensure_role(self):
+            super().ensure_role()
+            with self.connection.cursor() as cursor:
+                cursor.execute("SET statement_timeout = 12345")
+            return True
+"""
+
+
+@pytest.mark.parametrize("stack", [*MAIN_STACKS, "dj42-psycopg2"])
+def test_a_subclass_that_sets_up_sessions_itself_does_so_on_every_checkout(
+    stack, pg, db_env, tmp_path
+):
+    package = tmp_path / "setupbackend"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "base.py").write_text(SESSION_SETUP_BACKEND)
+    out = results(
+        run_script(
+            stack,
+            """
+sys.path.insert(0, os.environ['EXTRA'])
+seen = []
+for _ in range(3):
+    seen.append([backend_pid(), one("SHOW statement_timeout")])
+    end_request()
+emit(seen=seen)
+""",
+            {**db_env, "POOL_SIZE": "1", "APP_ENGINE": "setupbackend", "EXTRA": str(tmp_path)},
+            cwd=tmp_path,
+        )
+    )
+    assert len({pid for pid, _ in out["seen"]}) == 1
+    assert [timeout for _, timeout in out["seen"]] == ["12345ms"] * 3
 
 
 # -- exhaustion --------------------------------------------------------------

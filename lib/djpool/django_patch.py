@@ -8,10 +8,14 @@ connection, so ``connection.connection.info``, autocommit and
 
 - Checkout: the pool hands out an idle connection or calls Django's original
   ``get_new_connection`` (the per-connection setup: connect, isolation level,
-  jsonb registration) once per physical connection. Per-checkout state that
-  DISCARD ALL wiped is put back by Django itself (``connect`` sets autocommit,
-  ``init_connection_state`` the time zone and ``assume_role``); the isolation
-  level is re-applied here.
+  jsonb registration) once per physical connection. On a reused connection
+  the isolation level is re-applied here (the driver keeps it, out of DISCARD
+  ALL's reach); then Django's ``connect`` sets autocommit and
+  ``init_connection_state`` the time zone and ``assume_role``. After DISCARD
+  ALL the session is at the defaults of its startup packet, which carries
+  Django's time zone, and the driver is in autocommit, so without
+  ``assume_role`` those two steps would change nothing and are skipped (a
+  few µs per checkout). Behind a transaction pooler Django runs them as usual.
 - Checkin: ``_close`` returns the connection; the pool's reset event cleans it.
 - Pooled aliases behave as CONN_MAX_AGE=0: the connection goes back at the
   end of every request, while the pool keeps the server connection open.
@@ -49,6 +53,20 @@ from djpool.registry import PoolEntry, PoolRegistry
 # a tenth of a whole checkout):
 _CHECKOUT = "_djpool_checkout"  # (fairy, PoolEntry) while checked out
 _LAST_POOL = "_djpool_last_pool"  # _LastPool of the wrapper's last checkout
+# Set by a checkout that handed out a reused connection whose DISCARD ALL put the
+# session back to the defaults of its startup packet, where Django's time zone
+# is: connect()'s per-connection setup would find nothing to change.
+_AT_SESSION_DEFAULTS = "_djpool_at_session_defaults"
+# The methods through which Django's init_connection_state sets up a session
+# (5.1+: _configure_*, 4.2: ensure_*). A subclass that overrides one of them
+# does its own setup there, so its checkouts never skip it.
+_SESSION_SETUP_HOOKS = (
+    "_configure_connection",
+    "_configure_timezone",
+    "_configure_role",
+    "ensure_timezone",
+    "ensure_role",
+)
 
 # What a wrapper's last checkout used: (registry generation, conn_params, extra, entry).
 _LastPool = tuple[int, dict[str, Any], tuple[tuple[str, Any], ...], PoolEntry]
@@ -89,6 +107,14 @@ def with_session_time_zone(wrapper: Any, conn_params: dict[str, Any]) -> dict[st
     option = "-c TimeZone=" + str(zone).replace("\\", "\\\\").replace(" ", "\\ ")
     existing = conn_params.get("options")
     return {**conn_params, "options": f"{existing} {option}" if existing else option}
+
+
+def keeps_djangos_session_setup(wrapper_class: type, backend_class: type) -> bool:
+    """Whether ``wrapper_class`` sets up sessions as the PostgreSQL backend does."""
+    return all(
+        getattr(wrapper_class, name, None) is getattr(backend_class, name, None)
+        for name in _SESSION_SETUP_HOOKS
+    )
 
 
 def is_pooled(wrapper: Any) -> bool:
@@ -168,6 +194,8 @@ class PooledConnections:
     connect: Django's own ``get_new_connection``, which opens each physical
         connection (connect, isolation level, jsonb registration).
     isolation_levels: the backend's IsolationLevel enum.
+    backend_class: the DatabaseWrapper class patched (subclasses are told
+        apart from it by ``keeps_djangos_session_setup``).
     """
 
     def __init__(
@@ -176,12 +204,15 @@ class PooledConnections:
         settings: PoolSettings,
         connect: Callable[[Any, dict[str, Any]], Any],
         isolation_levels: Any,
+        backend_class: type,
     ) -> None:
         self._registry = registry
         self._settings = settings
         self._connect = connect
         self._isolation_levels = isolation_levels
+        self._backend_class = backend_class
         self._unpoolable: set[str] = set()  # aliases whose pool could not be built
+        self._session_setup_kept: dict[type, bool] = {}  # keeps_djangos_session_setup, per class
         # Why a thread-local: SQLAlchemy calls a pool's creator with no arguments
         # of ours, inside pool.connect() on the thread checking out, while the
         # pool is shared by all threads. Django's get_new_connection needs that
@@ -199,7 +230,8 @@ class PooledConnections:
                 "djpool treats it as 0: the connection goes back to the pool at the "
                 "end of each request and the pool keeps it open",
             )
-        if pooler_mode.is_behind(wrapper):
+        behind_pooler = pooler_mode.is_behind(wrapper)
+        if behind_pooler:
             conn_params = pooler_mode.connection_params(wrapper, conn_params)
         entry = self._entry(wrapper, conn_params)
         if entry is None:
@@ -215,15 +247,29 @@ class PooledConnections:
         finally:
             opened, opening.request, opening.opened = opening.opened, None, None
         connection = fairy.dbapi_connection
-        if opened is not connection:  # reused: DISCARD ALL cannot reach this setting
+        reused = opened is not connection
+        if reused:  # DISCARD ALL cannot reach this setting
             try:
                 apply_isolation_level(wrapper, connection, self._isolation_levels)
             except BaseException:
                 fairy.close()  # Django never got it: give it back before failing
                 raise
+        wrapper.__dict__[_AT_SESSION_DEFAULTS] = (
+            reused
+            and not behind_pooler
+            and not wrapper.settings_dict["OPTIONS"].get("assume_role")
+            and self._keeps_session_setup(type(wrapper))
+        )
         wrapper.__dict__[_CHECKOUT] = (fairy, entry)
         self._registry.hold(wrapper)
         return connection
+
+    def _keeps_session_setup(self, wrapper_class: type) -> bool:
+        kept = self._session_setup_kept.get(wrapper_class)
+        if kept is None:
+            kept = keeps_djangos_session_setup(wrapper_class, self._backend_class)
+            self._session_setup_kept[wrapper_class] = kept
+        return kept
 
     def close(self, wrapper: Any) -> bool:
         """Give ``wrapper``'s pooled connection back; False if it holds none."""
@@ -316,7 +362,11 @@ def install(
     original_init = wrapper_class.__init__
     original_get_new_connection = wrapper_class.get_new_connection
     original_close = wrapper_class._close
-    pooled = PooledConnections(registry, settings, original_get_new_connection, base.IsolationLevel)
+    original_set_autocommit = wrapper_class._set_autocommit
+    original_init_connection_state = wrapper_class.init_connection_state
+    pooled = PooledConnections(
+        registry, settings, original_get_new_connection, base.IsolationLevel, wrapper_class
+    )
     transaction_pooler = pooler or TransactionPooler()
 
     @functools.wraps(original_init)
@@ -343,9 +393,27 @@ def install(
     def _close(self: Any) -> Any:
         return None if pooled.close(self) else original_close(self)
 
+    @functools.wraps(original_set_autocommit)
+    def _set_autocommit(self: Any, autocommit: bool) -> None:
+        # connect() asks for AUTOCOMMIT; the reset left the driver in autocommit.
+        if self.__dict__.get(_AT_SESSION_DEFAULTS) and self.connection.autocommit == autocommit:
+            return
+        original_set_autocommit(self, autocommit)
+
+    @functools.wraps(original_init_connection_state)
+    def init_connection_state(self: Any) -> None:
+        if self.__dict__.pop(_AT_SESSION_DEFAULTS, False):
+            # Only the base class's once-per-alias version check: the time zone
+            # is the session default and there is no assume_role to put back.
+            super(wrapper_class, self).init_connection_state()
+            return
+        original_init_connection_state(self)
+
     wrapper_class.__init__ = __init__
     wrapper_class.get_new_connection = get_new_connection
     wrapper_class._close = _close
+    wrapper_class._set_autocommit = _set_autocommit
+    wrapper_class.init_connection_state = init_connection_state
     wrapper_class._djpool_patched = True
     _patch_test_database_creation(wrapper_class.creation_class, registry)
 
