@@ -13,9 +13,11 @@ connection, so ``connection.connection.info``, autocommit and
   ALL's reach); then Django's ``connect`` sets autocommit and
   ``init_connection_state`` the time zone and ``assume_role``. After DISCARD
   ALL the session is at the defaults of its startup packet, which carries
-  Django's time zone, and the driver is in autocommit, so without
-  ``assume_role`` those two steps would change nothing and are skipped (a
-  few µs per checkout). Behind a transaction pooler Django runs them as usual.
+  Django's time zone, and the driver is in autocommit, so those two steps
+  would change nothing and are skipped (a few µs per checkout;
+  bench/session_setup.py). Django runs them as usual with ``assume_role``,
+  behind a transaction pooler, and for a subclass that overrides one of
+  Django's session setup hooks (``_SESSION_SETUP_HOOKS``).
 - Checkin: ``_close`` returns the connection; the pool's reset event cleans it.
 - Pooled aliases behave as CONN_MAX_AGE=0: the connection goes back at the
   end of every request, while the pool keeps the server connection open.
