@@ -364,8 +364,6 @@ def install(
     original_init = wrapper_class.__init__
     original_get_new_connection = wrapper_class.get_new_connection
     original_close = wrapper_class._close
-    original_set_autocommit = wrapper_class._set_autocommit
-    original_init_connection_state = wrapper_class.init_connection_state
     pooled = PooledConnections(
         registry, settings, original_get_new_connection, base.IsolationLevel, wrapper_class
     )
@@ -395,6 +393,23 @@ def install(
     def _close(self: Any) -> Any:
         return None if pooled.close(self) else original_close(self)
 
+    wrapper_class.__init__ = __init__
+    wrapper_class.get_new_connection = get_new_connection
+    wrapper_class._close = _close
+    wrapper_class._djpool_patched = True
+    _patch_session_setup(wrapper_class)
+    _patch_test_database_creation(wrapper_class.creation_class, registry)
+
+
+def _patch_session_setup(wrapper_class: Any) -> None:
+    """Skip connect()'s session setup on a checkout that ``PooledConnections.open`` marked.
+
+    The mark (``_AT_SESSION_DEFAULTS``) says the reset left the session at its
+    startup defaults, where Django's time zone is, and the driver in autocommit.
+    """
+    original_set_autocommit = wrapper_class._set_autocommit
+    original_init_connection_state = wrapper_class.init_connection_state
+
     @functools.wraps(original_set_autocommit)
     def _set_autocommit(self: Any, autocommit: bool) -> None:
         # connect() asks for AUTOCOMMIT; the reset left the driver in autocommit.
@@ -411,13 +426,8 @@ def install(
             return
         original_init_connection_state(self)
 
-    wrapper_class.__init__ = __init__
-    wrapper_class.get_new_connection = get_new_connection
-    wrapper_class._close = _close
     wrapper_class._set_autocommit = _set_autocommit
     wrapper_class.init_connection_state = init_connection_state
-    wrapper_class._djpool_patched = True
-    _patch_test_database_creation(wrapper_class.creation_class, registry)
 
 
 def disown(wrapper: Any) -> list[Any]:
