@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import PostgresServer, app_env, bench_python  # noqa: E402
+from harness import PostgresServer, bench_python  # noqa: E402
+from profile_request import child_env  # noqa: E402
 
 CHILD = r"""
 import json, statistics, sys, time
@@ -73,13 +73,7 @@ def main(argv: list[str]) -> int:
     with PostgresServer() as server:
         server.create_role("app", secrets.token_urlsafe(18))
         server.create_database("app", owner="app")
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("POOL_", "DJPOOL_", "APP_", "BENCH_", "PG"))
-            and key not in ("PYTHONPATH", "DATABASE_URL", "DJANGO_SETTINGS_MODULE")
-        }
-        env.update(app_env({"DATABASE_URL": server.url(sslmode="require")}, shim=True))
+        env = child_env(server.url(sslmode="require"), "c", "")  # djpool, as profiled
         print("-----> Checkout + checkin, client CPU µs per cycle (medians over rounds)")
         print(f"       {'':28} {'Django setup':>13} {'djpool skip':>12} {'paired diff':>12}")
         for workload in ("no query", "SELECT 1"):
